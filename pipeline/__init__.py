@@ -1,0 +1,1 @@
+"""Extraction stage: datasets, models, top-K extraction into logit-cache stores, and training."""

@@ -1,0 +1,199 @@
+"""Reading stores: lazy Zarr arrays, chunk-aligned iteration, and a K-truncated view."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .errors import IncompleteStoreError, SchemaError, StoreNotFoundError, UnknownSchemaError
+from .schema import POSITION_ARRAYS, SUPPORTED_SCHEMA_VERSIONS
+from .writer import read_progress
+
+
+class Store:
+    """One model's predictions on one token stream. Open with :func:`open_store`.
+
+    ``n`` is the number of positions; of a partial store opened with ``allow_partial=True`` only the first
+    ``n_valid`` are written, and reads are limited to them.
+    """
+
+    def __init__(self, path: Path, group: zarr.Group, attrs: dict, n_valid: int):
+        self.path = Path(path)
+        self.group = group
+        self.attrs = attrs
+        self.n = int(attrs["n_positions"])
+        self.k = int(attrs["top_k"])
+        self.n_classes = int(attrs["n_classes"])
+        self.logprob_dtype = str(attrs["logprob_dtype"])
+        self.chunk_size = int(attrs["chunk_size"])
+        self.complete = bool(attrs.get("complete", False))
+        self.n_valid = int(n_valid)
+        self.names = [n for n in attrs["arrays"]]
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def stream_hash(self) -> str | None:
+        return self.attrs.get("stream_hash")
+
+    @property
+    def model(self) -> dict:
+        return self.attrs.get("model", {})
+
+    @property
+    def dataset(self) -> dict:
+        return self.attrs.get("dataset", {})
+
+    @property
+    def protocol(self) -> dict:
+        return self.attrs.get("protocol", {})
+
+    @property
+    def tables(self) -> list[str]:
+        return list(self.attrs.get("tables", []))
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else f"partial {self.n_valid}/{self.n}"
+        return (f"Store({self.model.get('name')!r} on {self.dataset.get('name')}/{self.dataset.get('split')}, "
+                f"N={self.n}, K={self.k}, {self.logprob_dtype}, {state}, path={str(self.path)!r})")
+
+    # ------------------------------------------------------------------ data
+    def has(self, name: str) -> bool:
+        return name in self.names
+
+    def array(self, name: str) -> zarr.Array:
+        """The lazy Zarr array (position array or table)."""
+        if name not in self.names and name not in self.tables:
+            raise KeyError(f"{self.path} has no array {name!r}; it has {self.names + self.tables}")
+        return self.group[name]
+
+    def table(self, name: str) -> np.ndarray:
+        return np.asarray(self.array(name)[...])
+
+    def _check_range(self, start: int, stop: int | None) -> tuple[int, int]:
+        stop = self.n_valid if stop is None else stop
+        if not 0 <= start <= stop <= self.n_valid:
+            raise IndexError(f"positions {start}..{stop} outside the {self.n_valid} readable positions of {self.path}")
+        return start, stop
+
+    def read(self, names, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """Read position arrays for [start, stop) into C-contiguous numpy arrays."""
+        if isinstance(names, str):
+            names = [names]
+        start, stop = self._check_range(start, stop)
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise KeyError(f"{self.path} has no arrays {missing}; it has {self.names}")
+        return {n: np.ascontiguousarray(self.group[n][start:stop]) for n in names}
+
+    def iter_chunks(self, names, start: int = 0, stop: int | None = None
+                    ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """Yield (lo, hi, arrays) over [start, stop) in pieces aligned to the store's chunks."""
+        start, stop = self._check_range(start, stop)
+        lo = start
+        while lo < stop:
+            hi = min(stop, (lo // self.chunk_size + 1) * self.chunk_size)
+            yield lo, hi, self.read(names, lo, hi)
+            lo = hi
+
+    def truncated(self, k: int) -> TruncatedStore:
+        """This store read as if it had been written with top_k = k (k <= K)."""
+        return TruncatedStore(self, k)
+
+
+class TruncatedStore(Store):
+    """A store seen with a smaller K.
+
+    The top lists are cut to k. The tail mass gains the dropped entries: tail' = log(exp(tail) +
+    sum exp(dropped)), computed in float64 and rounded up to float32, with float16 log-probs taken at the
+    upper end of their +-1/2 ulp rounding interval, so tail' is an upper bound of the true mass outside
+    the top k (exact up to float32 rounding for float32 stores). ``attrs['tail_logmass_bound']`` says so.
+    """
+
+    def __init__(self, base: Store, k: int):
+        if not 1 <= k <= base.k:
+            raise SchemaError(f"a truncated view needs 1 <= k <= K={base.k}; got k={k}")
+        attrs = dict(base.attrs)
+        attrs.update(top_k=int(k), truncated_from=base.k, tail_logmass_bound=True)
+        super().__init__(base.path, base.group, attrs, base.n_valid)
+        self.base = base
+
+    def read(self, names, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        if isinstance(names, str):
+            names = [names]
+        need = set(names)
+        if "tail_logmass" in need:
+            need |= {"topk_logprobs"}
+        raw = self.base.read(sorted(need), start, stop)
+        out = {}
+        for n in names:
+            if n == "topk_ids":
+                out[n] = np.ascontiguousarray(raw[n][:, : self.k])
+            elif n == "topk_logprobs":
+                out[n] = np.ascontiguousarray(raw[n][:, : self.k])
+            elif n == "tail_logmass":
+                out[n] = truncated_tail(raw["tail_logmass"], raw["topk_logprobs"], self.k)
+            else:
+                out[n] = raw[n]
+        return out
+
+
+def logprob_upper(lp: np.ndarray) -> np.ndarray:
+    """Upper end of the value a stored log-prob stands for, in float64 (float16: +1/2 ulp; float32: exact)."""
+    x = lp.astype(np.float64)
+    if lp.dtype == np.float16:
+        ulp = np.abs(np.spacing(lp)).astype(np.float64)  # the larger of the two neighbouring gaps
+        x = np.where(np.isfinite(x), x + 0.5 * ulp, x)
+    return x
+
+
+def truncated_tail(tail: np.ndarray, topk_logprobs: np.ndarray, k: int) -> np.ndarray:
+    dropped = logprob_upper(topk_logprobs[:, k:])
+    terms = np.concatenate([tail.astype(np.float64)[:, None], dropped], axis=1)
+    m = np.max(terms, axis=1)
+    safe = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        total = safe + np.log(np.sum(np.exp(terms - safe[:, None]), axis=1))
+    total = np.where(np.isfinite(m), np.minimum(total, 0.0), m)
+    out = total.astype(np.float32)
+    low = out.astype(np.float64) < total  # float32 rounding went down: step up one ulp
+    out[low] = np.nextafter(out[low], np.float32(np.inf))
+    return np.ascontiguousarray(out)
+
+
+def open_store(path, allow_partial: bool = False) -> Store:
+    """Open a store for reading.
+
+    Raises StoreNotFoundError if there is none at ``path``, UnknownSchemaError for a schema version this
+    code does not read, and IncompleteStoreError for an unfinished store unless ``allow_partial``.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise StoreNotFoundError(f"no store at {path} (no zarr.json); list stores with `python -m pipeline.stores ls`")
+    group = zarr.open_group(path, mode="r")
+    attrs = dict(group.attrs)
+    version = attrs.get("schema_version")
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise UnknownSchemaError(
+            f"{path} has schema_version {version!r}; this code reads {list(SUPPORTED_SCHEMA_VERSIONS)}. "
+            "Upgrade the project, or re-extract the store."
+        )
+    for key in ("n_positions", "top_k", "n_classes", "logprob_dtype", "chunk_size", "arrays"):
+        if key not in attrs:
+            raise SchemaError(f"{path} lacks the attribute {key!r}; it is not a store of this project or is damaged")
+    unknown = [n for n in attrs["arrays"] if n not in POSITION_ARRAYS]
+    if unknown:
+        raise SchemaError(f"{path} lists unknown position arrays {unknown}")
+    if attrs.get("complete"):
+        n_valid = int(attrs["n_positions"])
+    elif allow_partial:
+        n_valid = int(read_progress(path)["n_done"])
+    else:
+        done = read_progress(path)["n_done"]
+        raise IncompleteStoreError(
+            f"{path} is incomplete ({done} of {attrs['n_positions']} positions written); resume the extraction "
+            "with the same config, remove it with `python -m pipeline.stores rm --partial`, or pass allow_partial=True"
+        )
+    return Store(path, group, attrs, n_valid)

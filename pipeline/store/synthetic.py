@@ -1,0 +1,197 @@
+"""Stores with known answers, written through the real writer, for tests and benchmarks.
+
+* ``arrays_from_logprobs``: every position array computed by brute force from full distributions (the
+  reference for extraction tests, and the source of small stores whose truth is computable).
+* ``random_distributions``: targets and noisy full distributions of several "models" over a small vocabulary,
+  optionally with exact ties.
+* ``write_zipf_pair``: two large aligned stores with realistic, Zipf-shaped top-K log-probs, generated
+  block by block without full distributions (benchmarks, storage figures).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .hashing import config_hash
+from .schema import DEFAULT_CHUNK_SIZE
+from .writer import StoreWriter
+
+
+def arrays_from_logprobs(logprobs: np.ndarray, targets: np.ndarray, k: int, logprob_dtype: str = "float16",
+                         *, doc_id=None, n_chars=None, n_bytes=None) -> dict[str, np.ndarray]:
+    """Brute-force position arrays from full log-probs (N, V) (float64; -inf allowed for zero probability)."""
+    lp = np.asarray(logprobs, dtype=np.float64)
+    n, v = lp.shape
+    k = min(k, v)
+    t = np.asarray(targets, dtype=np.int64)
+    rows = np.arange(n)
+    lt = lp[rows, t]
+    order = np.argsort(-lp, axis=1, kind="stable")[:, :k]  # ties broken by id
+    top = np.take_along_axis(lp, order, axis=1)
+    rest = lp.copy()
+    np.put_along_axis(rest, order, -np.inf, axis=1)
+    m = rest.max(axis=1)
+    safe = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        tail = np.where(np.isfinite(m), safe + np.log(np.exp(rest - safe[:, None]).sum(axis=1)), -np.inf)
+        p = np.exp(lp)
+        ent = -np.where(p > 0, p * lp, 0.0).sum(axis=1)
+    ones = np.ones(n, np.int32)
+    return {
+        "targets": t.astype(np.int32),
+        "target_logprob": lt.astype(np.float32),
+        "target_rank": (lp > lt[:, None]).sum(axis=1).astype(np.int32),
+        "target_ties": ((lp == lt[:, None]).sum(axis=1) - 1).astype(np.int32),
+        "topk_ids": order.astype(np.int32),
+        "topk_logprobs": top.astype(logprob_dtype),
+        "tail_logmass": tail.astype(np.float32),
+        "entropy": ent.astype(np.float32),
+        "n_chars": ones if n_chars is None else np.asarray(n_chars, np.int32),
+        "n_bytes": ones if n_bytes is None else np.asarray(n_bytes, np.int32),
+        "doc_id": np.zeros(n, np.int32) if doc_id is None else np.asarray(doc_id, np.int32),
+    }
+
+
+def random_distributions(n: int, vocab: int, rng: np.random.Generator, n_models: int = 2,
+                         noise=(0.8, 1.6), sharpness: float = 2.0, tie_grid: float | None = None):
+    """Targets and full log-probs of ``n_models`` noisy models of one hidden truth.
+
+    truth logits z ~ sharpness * N(0, 1); targets ~ softmax(z); model i sees z + noise[i] * N(0, 1). With
+    ``tie_grid``, model logits are rounded to that grid, which makes exact ties (of the target too) common.
+    Returns (targets int32 (n,), [log-probs float64 (n, vocab)] * n_models).
+    """
+    z = sharpness * rng.standard_normal((n, vocab))
+    pz = np.exp(z - z.max(axis=1, keepdims=True))
+    pz /= pz.sum(axis=1, keepdims=True)
+    targets = (pz.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1).astype(np.int32)
+    models = []
+    for i in range(n_models):
+        sd = noise[i] if i < len(noise) else noise[-1]
+        logits = z + sd * rng.standard_normal((n, vocab))
+        if tie_grid:
+            logits = np.round(logits / tie_grid) * tie_grid
+        lse = np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1)) + logits.max(axis=1)
+        models.append(logits - lse[:, None])
+    return targets, models
+
+
+def synthetic_attrs(model: str, *, n_params: int = 1_000_000, dataset: str = "synthetic", split: str = "test",
+                    tokenizer: str = "synthetic-vocab", context_length: int = 1024, stride: int = 1024,
+                    dtype: str = "float32", text_sha256: str = "0" * 64) -> dict:
+    return {
+        "model": {"name": model, "n_params": int(n_params), "n_params_nonembed": int(n_params),
+                  "architecture": "synthetic", "dtype": dtype, "quantization": None},
+        "tokenizer": {"name": tokenizer, "vocab_hash": config_hash(tokenizer)},
+        "dataset": {"name": dataset, "split": split, "source": "synthetic", "text_sha256": text_sha256},
+        "protocol": {"scoring": "independent", "separator": None, "bos": False,
+                     "context_length": int(context_length), "stride": int(stride)},
+    }
+
+
+def write_store_from_logprobs(path, logprobs, targets, k: int, logprob_dtype: str = "float16", *,
+                              model: str = "model", n_params: int = 1_000_000, doc_id=None, n_chars=None,
+                              n_bytes=None, attrs: dict | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                              overwrite: bool = False, **attr_kwargs):
+    """Write a store whose every array is computed by brute force from full log-probs; returns the Store."""
+    arrays = arrays_from_logprobs(logprobs, targets, k, logprob_dtype, doc_id=doc_id, n_chars=n_chars,
+                                  n_bytes=n_bytes)
+    a = synthetic_attrs(model, n_params=n_params, **attr_kwargs)
+    for key, value in (attrs or {}).items():
+        a[key] = {**a[key], **value} if isinstance(value, dict) and isinstance(a.get(key), dict) else value
+    n, v = np.shape(logprobs)
+    w = StoreWriter(path, n_positions=n, top_k=k, n_classes=v, logprob_dtype=logprob_dtype, attrs=a,
+                    setting_hash=config_hash([a, k, logprob_dtype]), chunk_size=chunk_size, overwrite=overwrite)
+    with w:
+        w.write(0, **arrays)
+    return w.close()
+
+
+# ---------------------------------------------------------------------------------------------- Zipf pairs
+def _zipf_block(rng: np.random.Generator, m: int, k: int, vocab: int, start: int):
+    """One block of m positions for a primary (A) and a secondary (B) model sharing targets."""
+    # Distinct ids per row as cumulative sums of growing gaps: small (frequent) ids are common, as in BPE
+    # vocabularies. A and B share the first half of their id sets.
+    scale = (np.arange(1, k + 1) ** 1.3)
+    scale *= 0.3 * vocab / scale.sum()
+    gaps_a = 1 + np.floor(rng.exponential(scale, size=(m, k))).astype(np.int64)
+    gaps_b = 1 + np.floor(rng.exponential(scale, size=(m, k))).astype(np.int64)
+    gaps_b[:, : k // 2] = gaps_a[:, : k // 2]
+    out = []
+    for gaps, head_ab in ((gaps_a, (5.0, 2.0)), (gaps_b, (4.0, 2.5))):
+        ids = np.cumsum(gaps, axis=1) - 1
+        over = ids[:, -1] >= vocab
+        if over.any():  # rare: fall back to evenly spread ids
+            ids[over] = np.arange(k) * (vocab // k)
+        # Rank: smaller ids tend to be more probable, with per-model noise.
+        key = np.log1p(ids) + 1.5 * rng.gumbel(size=(m, k))
+        order = np.argsort(key, axis=1)
+        ids = np.take_along_axis(ids, order, axis=1)
+        s = rng.uniform(0.7, 1.5, size=(m, 1))
+        head = rng.beta(*head_ab, size=(m, 1))
+        w = np.arange(1, k + 1) ** -s
+        lp = np.log(head * w / w.sum(axis=1, keepdims=True))
+        tail = np.log1p(-head[:, 0])
+        out.append((ids, lp, tail, head[:, 0]))
+    (ids_a, lp_a, _, _), (ids_b, _, _, _) = out
+    u = rng.random(m)
+    r = np.minimum(1 + rng.geometric(0.25, size=m), k - 1)
+    targets = np.where(u < 0.40, ids_a[:, 0],
+                       np.where(u < 0.52, ids_b[:, 0],
+                                np.where(u < 0.85, ids_a[np.arange(m), r], vocab - 1 - (np.arange(m) % 97))))
+    n_chars = (1 + rng.poisson(3.2, size=m)).astype(np.int32)
+    n_bytes = n_chars + (rng.random(m) < 0.02)
+    doc_id = ((start + np.arange(m)) // 2048).astype(np.int32)
+    blocks = []
+    for ids, lp, tail, head in out:
+        hit = ids == targets[:, None]
+        inside = hit.any(axis=1)
+        rank_in = hit.argmax(axis=1)
+        lp_in = lp[np.arange(m), rank_in]
+        lp_out = np.minimum(lp[:, -1], tail) - 0.05 - rng.exponential(1.5, size=m)
+        rank_out = np.minimum(k - 1 + rng.geometric(0.05, size=m), vocab - 1)
+        ent = -(np.exp(lp) * lp).sum(axis=1) - (1 - head) * (tail - np.log(vocab - k))
+        blocks.append({
+            "targets": targets.astype(np.int32),
+            "target_logprob": np.where(inside, lp_in, lp_out).astype(np.float32),
+            "target_rank": np.where(inside, rank_in, rank_out).astype(np.int32),
+            "target_ties": np.zeros(m, np.int32),
+            "topk_ids": ids.astype(np.int32),
+            "topk_logprobs": lp,
+            "tail_logmass": tail.astype(np.float32),
+            "entropy": ent.astype(np.float32),
+            "n_chars": n_chars,
+            "n_bytes": n_bytes.astype(np.int32),
+            "doc_id": doc_id,
+        })
+    return blocks
+
+
+def write_zipf_pair(directory, n: int, k: int = 64, vocab: int = 50257, seed: int = 0,
+                    logprob_dtype: str = "float16", chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    block: int = 131_072, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write aligned stores ``zipf-A.zarr`` (primary) and ``zipf-B.zarr`` (secondary) with n positions."""
+    directory = Path(directory)
+    names = (("zipf-A", 1_000_000_000), ("zipf-B", 100_000_000))
+    writers = []
+    for name, params in names:
+        a = synthetic_attrs(name, n_params=params, dataset="zipf", tokenizer="zipf-vocab")
+        writers.append(StoreWriter(directory / f"{name}.zarr", n_positions=n, top_k=k, n_classes=vocab,
+                                   logprob_dtype=logprob_dtype, attrs=a, chunk_size=chunk_size,
+                                   setting_hash=config_hash([a, n, k, vocab, seed, logprob_dtype]),
+                                   overwrite=overwrite))
+    try:
+        for start in range(0, n, block):
+            m = min(block, n - start)
+            rng = np.random.default_rng([seed, start])
+            for w, arrays in zip(writers, _zipf_block(rng, m, k, vocab, start)):
+                arrays["topk_logprobs"] = arrays["topk_logprobs"].astype(logprob_dtype)
+                w.write(start, **arrays)
+        for w in writers:
+            w.close()
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    return directory / "zipf-A.zarr", directory / "zipf-B.zarr"
