@@ -183,7 +183,7 @@ class StoreWriter:
             for p in self.path.iterdir():
                 if p.name != LOCK_FILE:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
-        group = zarr.open_group(self.path, mode="w")
+        group = zarr.open_group(self.path, mode="a")  # "w" would delete the lock file
         for name in self.names:
             group.create_array(
                 name,
