@@ -1,0 +1,116 @@
+"""Typed, frozen views of the extraction config; library code never sees a DictConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    name_or_path: str                   # hub id, local directory, or 'package:<module>' (GGUF shipped in a package)
+    revision: str | None = None
+    gguf_file: str | None = None        # GGUF file name inside name_or_path (dequantised once, cached)
+    dtype: str = "auto"                 # auto | float32 | bfloat16 | float16 (auto: fp32 on CPU, bf16 on CUDA)
+    quantization: str | None = None     # None | 4bit | 8bit (bitsandbytes, CUDA only)
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    batch_size: int = 1
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    max_length: int | None = None       # override of the model's maximum context
+    cache_dir: str | None = None        # where dequantised GGUF models are cached
+
+    def __post_init__(self):
+        if not self.name_or_path:
+            raise ConfigError("model.name_or_path is empty: give a hub id, a local directory or a named model=...")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"model.dtype={self.dtype!r}: use auto, float32, bfloat16 or float16")
+        if self.quantization not in (None, "4bit", "8bit"):
+            raise ConfigError(f"model.quantization={self.quantization!r}: use null, 4bit or 8bit")
+        if self.batch_size < 1:
+            raise ConfigError(f"model.batch_size={self.batch_size} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    split: str
+    loader: str                         # hf_parquet | text8 | lm1b | pile | text_file | wiki_vital
+    hub_id: str | None = None
+    revision: str | None = None
+    url: str | None = None
+    files: dict[str, str] = dataclasses.field(default_factory=dict)        # split -> file glob / member
+    path: str | None = None             # local copy in the same format as the source
+    text_field: str = "text"
+    documents: str = "rows"             # rows | wikitext_articles | lines | whole
+    text_sha256: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    n_documents: int | None = None      # sample size (pile) or cap
+    seed: int = 0
+    scoring: str = "independent"
+    separator: str = "\n\n"
+    bos: str = "document"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractSpec:
+    top_k: int = 64
+    context_length: int | None = None   # default min(model max, 2048)
+    stride: int | None = None           # default = context_length (disjoint windows)
+    logprob_dtype: str = "float16"
+    entropy: bool = True
+    head_memory_mb: float = 512.0       # budget of the (P, V) float32 work tensors
+    chunk_size: int = 65536             # store chunk (positions)
+    tf32: bool = False
+    deterministic: bool = True
+    progress: bool = True
+    max_positions: int | None = None    # score only the windows covering the first N positions
+
+    def __post_init__(self):
+        if self.top_k < 1:
+            raise ConfigError(f"extract.top_k={self.top_k} must be >= 1")
+        if self.logprob_dtype not in ("float16", "float32"):
+            raise ConfigError(f"extract.logprob_dtype={self.logprob_dtype!r}: use float16 or float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    model: ModelSpec
+    dataset: DatasetSpec
+    extract: ExtractSpec
+    store: str | None
+    stores_root: str
+    overwrite: bool
+    resolved: dict[str, Any]            # the fully resolved config, recorded in the store
+
+
+def _build(cls, d: dict[str, Any], group: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in config group '{group}'; known: {sorted(names)}")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ConfigError(f"config group '{group}': {e}") from None
+
+
+def run_spec_from_dict(cfg: dict[str, Any]) -> RunSpec:
+    """cfg: the resolved config as a plain dict (OmegaConf.to_container(cfg, resolve=True))."""
+    for key in ("model", "dataset", "extract"):
+        if not isinstance(cfg.get(key), dict):
+            raise ConfigError(f"config group '{key}' is missing: pass {key}=<name> or compose it")
+    ds = dict(cfg["dataset"])
+    proto = ds.pop("protocol", None) or {}
+    ds.update({k: proto[k] for k in ("scoring", "separator", "bos") if k in proto})
+    return RunSpec(
+        model=_build(ModelSpec, cfg["model"], "model"),
+        dataset=_build(DatasetSpec, ds, "dataset"),
+        extract=_build(ExtractSpec, cfg["extract"], "extract"),
+        store=cfg.get("store"),
+        stores_root=str((cfg.get("paths") or {}).get("stores", "stores")),
+        overwrite=bool(cfg.get("overwrite", False)),
+        resolved=cfg,
+    )

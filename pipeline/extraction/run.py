@@ -1,0 +1,239 @@
+"""The extraction loop: dataset -> token stream -> windows -> batches -> model -> store.
+
+Batches are drawn from the fixed window partition in a fixed order, so a killed run restarted with
+the same config restarts from the batch holding the store's resume point (writer.n_done) and
+produces bit-identical arrays (the writer drops rows it already holds).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..store import StoreWriter, config_hash, open_store, setting_tag, store_path
+from .config import RunSpec
+from .datasets import Documents, load_documents
+from .errors import ContextTooLongError, EmptyDatasetError
+from .head import head_chunk_size, score_hidden, score_logits_chunked
+from .models import LoadedModel, load_model
+from .stream import Protocol, TokenStream, Windows, build_stream
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 2048
+METRIC_BLOCK = 4096  # float64 sums over fixed blocks, in order (DESIGN section 3)
+
+
+def resolve_protocol(spec: RunSpec, max_length: int | None) -> Protocol:
+    ex, ds = spec.extract, spec.dataset
+    L = ex.context_length or min(max_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    if max_length is not None and L > max_length:
+        raise ContextTooLongError(
+            f"extract.context_length={L} exceeds the {max_length} positions model {spec.model.name!r} "
+            f"supports; use extract.context_length<={max_length} (or model.max_length if you know better)"
+        )
+    return Protocol(ds.scoring, ds.separator, ds.bos, L, ex.stride or L)
+
+
+def _git() -> dict:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
+                                    timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = None, None
+    return {"git_sha": sha, "git_dirty": dirty}
+
+
+def _versions() -> dict:
+    import tokenizers
+    import transformers
+    import zarr
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "zarr": zarr.__version__, "numpy": np.__version__}
+
+
+def configure_torch(spec: RunSpec, device: torch.device) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = spec.extract.tf32
+    torch.backends.cudnn.allow_tf32 = spec.extract.tf32
+    if spec.extract.deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def select_windows(w: Windows, max_positions: int | None) -> Windows:
+    if not max_positions or max_positions >= w.n_positions:
+        return w
+    keep = int(np.searchsorted(w.offset[1:], max_positions, side="left")) + 1
+    return Windows(w.seg[:keep], w.a[:keep], w.c[:keep], w.d[:keep], w.n_targets[:keep], w.offset[:keep + 1])
+
+
+def provenance(spec: RunSpec, lm: LoadedModel, docs: Documents, stream: TokenStream, K: int) -> dict:
+    p = stream.protocol
+    return {
+        "model": lm.info,
+        "tokenizer": lm.tokenizer_info,
+        "dataset": {k: v for k, v in docs.meta.items()},
+        "protocol": {"scoring": p.scoring, "separator": p.separator, "bos": p.bos,
+                     "bos_token_id": lm.bos_id if p.bos == "document" else None,
+                     "context_length": p.context_length, "stride": p.stride,
+                     "exact_char_alignment": stream.exact_alignment, "n_text_chars": stream.n_text_chars,
+                     "top_k": K, "top_k_requested": spec.extract.top_k,
+                     "logprob_dtype": spec.extract.logprob_dtype, "entropy": spec.extract.entropy,
+                     "batch_size": spec.model.batch_size, "max_positions": spec.extract.max_positions},
+        "runtime": {"tf32": spec.extract.tf32, "deterministic": spec.extract.deterministic,
+                    "torch_threads": torch.get_num_threads(), "versions": _versions(), **_git()},
+        "config": spec.resolved,
+    }
+
+
+def setting_hash(attrs: dict) -> str:
+    """Everything that determines the arrays (not the run's time, git state or output path)."""
+    m = attrs["model"]
+    keyed = {"model": {k: m.get(k) for k in ("name_or_path", "revision", "gguf_file", "gguf_sha256", "dtype",
+                                             "quantization", "device", "head_path", "n_classes")},
+             "tokenizer": attrs["tokenizer"]["vocab_hash"],
+             "dataset": {k: attrs["dataset"].get(k) for k in ("text_sha256", "split", "name")},
+             "protocol": attrs["protocol"]}
+    return config_hash(keyed)
+
+
+def default_store(spec: RunSpec, lm: LoadedModel, p: Protocol, K: int) -> Path:
+    tag = setting_tag(p.context_length, p.stride, K, spec.extract.logprob_dtype, lm.info["dtype"],
+                      spec.model.quantization, p.scoring)
+    if p.bos == "none":
+        tag += "-nobos"
+    return store_path(spec.stores_root, spec.dataset.name, spec.dataset.split, spec.model.name, tag)
+
+
+class _Batches:
+    """Gathers the inputs of a batch of windows and the rows of their scored targets."""
+
+    def __init__(self, stream: TokenStream, windows: Windows, batch_size: int, pad_id: int):
+        self.s, self.w, self.B, self.pad = stream, windows, batch_size, pad_id
+        self.n = math.ceil(len(windows) / batch_size)
+
+    def bounds(self, b: int) -> tuple[int, int]:
+        return b * self.B, min((b + 1) * self.B, len(self.w))
+
+    def first_containing(self, position: int) -> int:
+        """Index of the batch holding `position` (the resume point)."""
+        ends = self.w.offset[np.minimum(np.arange(1, self.n + 1) * self.B, len(self.w))]
+        return int(np.searchsorted(ends, position, side="right"))
+
+    def inputs(self, b: int, device):
+        lo, hi = self.bounds(b)
+        seqs, rows = [], []
+        for r, i in enumerate(range(lo, hi)):
+            seg = self.s.segments[self.w.seg[i]]
+            a, c, d = self.w.a[i], self.w.c[i], self.w.d[i]
+            seqs.append(seg.seq[a:d - 1])
+            j = c + np.flatnonzero(seg.scored[c:d])      # scored target indices in the segment
+            rows.append(np.stack([np.full(len(j), r), j - 1 - a], 1))  # (batch row, input position)
+        T = max(len(x) for x in seqs)
+        ids = np.full((len(seqs), T), self.pad, np.int64)
+        mask = np.zeros((len(seqs), T), np.int64)
+        for r, x in enumerate(seqs):
+            ids[r, :len(x)] = x
+            mask[r, :len(x)] = 1
+        attn = torch.from_numpy(mask).to(device) if (mask == 0).any() else None
+        return torch.from_numpy(ids).to(device), attn, np.concatenate(rows)
+
+
+def _metrics(tlp: np.ndarray, correct: np.ndarray, n_chars: np.ndarray, n_bytes: np.ndarray) -> dict:
+    def blocked(x):
+        x = np.asarray(x, np.float64)
+        return float(sum(np.add.reduceat(x, np.arange(0, len(x), METRIC_BLOCK)).tolist())) if len(x) else 0.0
+
+    nll = blocked(-tlp.astype(np.float64))
+    n = len(tlp)
+    chars, nbytes = blocked(n_chars), blocked(n_bytes)
+    return {"n_positions": n, "nll_sum_nats": nll, "nll_mean": nll / n, "ppl": math.exp(nll / n),
+            "bpc": nll / math.log(2) / chars if chars else None,
+            "bpb": nll / math.log(2) / nbytes if nbytes else None,
+            "acc": blocked(correct) / n, "n_chars": int(chars), "n_bytes": int(nbytes)}
+
+
+def extract(spec: RunSpec, lm: LoadedModel | None = None):
+    """Run one extraction to a complete store; returns the opened Store."""
+    docs = load_documents(spec.dataset)
+    lm = lm or load_model(spec.model)
+    configure_torch(spec, lm.device)
+    protocol = resolve_protocol(spec, lm.max_length)
+    stream = build_stream(docs.texts, lm.tokenizer, protocol, lm.bos_id)
+    windows = select_windows(stream.windows(), spec.extract.max_positions)
+    N = windows.n_positions
+    if N == 0:
+        raise EmptyDatasetError(f"dataset {spec.dataset.name!r}/{spec.dataset.split} gave no scored positions")
+    K = min(spec.extract.top_k, lm.n_classes)
+    if K < spec.extract.top_k:
+        log.info("top_k=%d clamped to the model's %d classes", spec.extract.top_k, lm.n_classes)
+    attrs = provenance(spec, lm, docs, stream, K)
+    path = Path(spec.store) if spec.store else default_store(spec, lm, protocol, K)
+    lp_dtype = np.dtype(spec.extract.logprob_dtype)
+    chunk = head_chunk_size(lm.n_classes, spec.extract.head_memory_mb)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    batches = _Batches(stream, windows, spec.model.batch_size, pad)
+    log.info("extracting %s on %s/%s: %d positions, %d windows, L=%d S=%d K=%d -> %s", spec.model.name,
+             spec.dataset.name, spec.dataset.split, N, len(windows), protocol.context_length, protocol.stride, K, path)
+
+    writer = StoreWriter(path, n_positions=N, top_k=K, n_classes=lm.n_classes, logprob_dtype=spec.extract.logprob_dtype,
+                         attrs=attrs, setting_hash=setting_hash(attrs), chunk_size=spec.extract.chunk_size,
+                         overwrite=spec.overwrite, optional=("entropy",) if spec.extract.entropy else ())
+    with writer:
+        b0 = batches.first_containing(writer.n_done)
+        start = int(windows.offset[batches.bounds(b0)[0]]) if b0 < batches.n else N
+        keep: dict[str, list] = {"tlp": [], "ok": []}
+        if start > 0:  # resumed: the prefix's metrics come from the store
+            prev = open_store(path, allow_partial=True).read(["target_logprob", "target_rank", "target_ties"], 0, start)
+            keep["tlp"].append(prev["target_logprob"])
+            keep["ok"].append((prev["target_rank"] == 0) & (prev["target_ties"] == 0))
+        t0 = time.perf_counter()
+        bar = tqdm(total=N, initial=start, unit="tok", unit_scale=True, disable=not spec.extract.progress,
+                   desc=f"{spec.model.name}/{spec.dataset.name}", smoothing=0.05)
+        for b in range(b0, batches.n):
+            lo, hi = batches.bounds(b)
+            pos = int(windows.offset[lo])
+            meta = stream.position_arrays(windows, lo, hi)
+            ids, mask, rows = batches.inputs(b, lm.device)
+            tgt = torch.from_numpy(meta["targets"].astype(np.int64)).to(lm.device)
+            where = f"(batch {b}, positions {pos}..{int(windows.offset[hi])})"
+            if lm.head_weight is not None:
+                h = lm.hidden(ids, mask)[rows[:, 0], rows[:, 1]]
+                out = score_hidden(h, lm.head_weight, lm.head_bias, tgt, K, spec.extract.entropy, chunk, where)
+            else:
+                z = lm.logits(ids, mask)[rows[:, 0], rows[:, 1]]
+                out = score_logits_chunked(z, tgt, K, spec.extract.entropy, chunk, where)
+            out["topk_logprobs"] = out["topk_logprobs"].astype(lp_dtype)
+            writer.write(pos, **meta, **out)
+            keep["tlp"].append(out["target_logprob"])
+            keep["ok"].append((out["target_rank"] == 0) & (out["target_ties"] == 0))
+            bar.update(len(meta["targets"]))
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        allpos = stream.position_arrays(windows, 0, len(windows))
+        metrics = _metrics(np.concatenate(keep["tlp"]), np.concatenate(keep["ok"]), allpos["n_chars"],
+                           allpos["n_bytes"])
+        metrics.update({"elapsed_s_this_run": elapsed, "tokens_per_s_this_run": (N - start) / elapsed if elapsed else None,
+                        "resumed_from": start})
+        store = writer.close(extra_attrs={"metrics": metrics})
+    log.info("%s on %s/%s: PPL %.4f  BPC %s  BPB %s  ACC %.4f  (%d positions, %.1f tok/s) -> %s",
+             spec.model.name, spec.dataset.name, spec.dataset.split, metrics["ppl"],
+             _fmt(metrics["bpc"]), _fmt(metrics["bpb"]), metrics["acc"], N,
+             metrics["tokens_per_s_this_run"] or 0.0, path)
+    return store
+
+
+def _fmt(x):
+    return "n/a" if x is None else f"{x:.4f}"
