@@ -130,7 +130,9 @@ def _zipf_block(rng: np.random.Generator, m: int, k: int, vocab: int, start: int
         ids = np.take_along_axis(ids, order, axis=1)
         s = rng.uniform(0.7, 1.5, size=(m, 1))
         head = rng.beta(*head_ab, size=(m, 1))
-        w = np.arange(1, k + 1) ** -s
+        # A power law with per-entry log-normal jitter (real top-K lists are not smooth curves), sorted.
+        w = np.arange(1, k + 1) ** -s * rng.lognormal(0.0, 0.6, size=(m, k))
+        w = -np.sort(-w, axis=1)
         lp = np.log(head * w / w.sum(axis=1, keepdims=True))
         tail = np.log1p(-head[:, 0])
         out.append((ids, lp, tail, head[:, 0]))
@@ -168,6 +170,17 @@ def _zipf_block(rng: np.random.Generator, m: int, k: int, vocab: int, start: int
     return blocks
 
 
+def zipf_blocks(n: int, k: int = 64, vocab: int = 50257, seed: int = 0, logprob_dtype: str = "float16",
+                block: int = 131_072):
+    """Yield (start, [arrays of A, arrays of B]) for n positions; deterministic given seed, whatever n."""
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        blocks = _zipf_block(np.random.default_rng([seed, start]), m, k, vocab, start)
+        for arrays in blocks:
+            arrays["topk_logprobs"] = arrays["topk_logprobs"].astype(logprob_dtype)
+        yield start, blocks
+
+
 def write_zipf_pair(directory, n: int, k: int = 64, vocab: int = 50257, seed: int = 0,
                     logprob_dtype: str = "float16", chunk_size: int = DEFAULT_CHUNK_SIZE,
                     block: int = 131_072, overwrite: bool = False) -> tuple[Path, Path]:
@@ -182,11 +195,8 @@ def write_zipf_pair(directory, n: int, k: int = 64, vocab: int = 50257, seed: in
                                    setting_hash=config_hash([a, n, k, vocab, seed, logprob_dtype]),
                                    overwrite=overwrite))
     try:
-        for start in range(0, n, block):
-            m = min(block, n - start)
-            rng = np.random.default_rng([seed, start])
-            for w, arrays in zip(writers, _zipf_block(rng, m, k, vocab, start)):
-                arrays["topk_logprobs"] = arrays["topk_logprobs"].astype(logprob_dtype)
+        for start, blocks in zipf_blocks(n, k, vocab, seed, logprob_dtype, block):
+            for w, arrays in zip(writers, blocks):
                 w.write(start, **arrays)
         for w in writers:
             w.close()
