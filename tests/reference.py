@@ -1,0 +1,256 @@
+"""Brute-force NumPy reference of every analysis quantity (DESIGN.md section 3), for tests and the benchmark.
+
+Two layers:
+
+* truth: from the full float64 distributions of a synthetic pair (`truth_*`): the fused model's strict
+  correctness at each weight, exactly what the certified bounds must contain;
+* certified: from the stored top-K arrays only (`certified_*`), the same definitions the Numba kernels
+  implement, written the obvious way: every candidate class, every weight, no intervals, no pruning.
+
+Also: a synthetic pair maker over small vocabularies, the NLL optimum by bisection, the ACC optimum by
+evaluating every critical weight, and exchange thresholds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.store.synthetic import arrays_from_logprobs, random_distributions, synthetic_attrs
+
+TAIL_WIDEN = 2.0 ** -23
+
+
+# ---------------------------------------------------------------------------------------------- data
+def make_pair(seed: int, n: int = 200, vocab: int = 12, k: int = 4, logprob_dtype: str = "float16",
+              tie_grid: float | None = None, k_b: int | None = None, vocab_b: int | None = None,
+              sharpness: float = 2.0):
+    """(arrays_a, arrays_b, lp_a, lp_b, targets): a random pair; B may be narrower (vocab_b < vocab).
+
+    Ids >= vocab_b get probability 0 under B (log-prob -inf), as for models of one tokenizer family with
+    different logit widths.
+    """
+    rng = np.random.default_rng(seed)
+    targets, (lp_a, lp_b) = random_distributions(n, vocab, rng, sharpness=sharpness, tie_grid=tie_grid)
+    if vocab_b is not None and vocab_b < vocab:
+        lp_b = lp_b[:, :vocab_b].copy()
+        lp_b -= np.log(np.exp(lp_b).sum(axis=1, keepdims=True))
+        lp_b = np.concatenate([lp_b, np.full((n, vocab - vocab_b), -np.inf)], axis=1)
+    rng2 = np.random.default_rng(seed + 1)
+    n_chars = rng2.integers(1, 6, n)
+    arr_a = arrays_from_logprobs(lp_a, targets, k, logprob_dtype, n_chars=n_chars, n_bytes=n_chars + 1)
+    arr_b = arrays_from_logprobs(lp_b, targets, k_b or k, logprob_dtype,
+                                 n_chars=n_chars, n_bytes=n_chars + 1)
+    return arr_a, arr_b, lp_a, lp_b, targets
+
+
+def memory_pair(seed: int, *, chunk_size: int = 65536, **kw):
+    """Like make_pair but wrapped as analysis MemoryStores (A: 1B params, B: 100M)."""
+    from analysis.data import MemoryStore
+
+    arr_a, arr_b, lp_a, lp_b, targets = make_pair(seed, **kw)
+    vocab = lp_a.shape[1]
+    vocab_b = kw.get("vocab_b") or vocab
+    sa = MemoryStore(arr_a, n_classes=vocab, chunk_size=chunk_size,
+                     attrs=synthetic_attrs("A", n_params=1_000_000_000))
+    sb = MemoryStore(arr_b, n_classes=vocab_b, chunk_size=chunk_size,
+                     attrs=synthetic_attrs("B", n_params=100_000_000))
+    return sa, sb, lp_a, lp_b, targets
+
+
+# ---------------------------------------------------------------------------------------------- truth
+def truth_right(lp_a, lp_b, targets, weights) -> np.ndarray:
+    """(N, W) bool: is the fused model strictly right at each weight (from full distributions)?"""
+    n = len(targets)
+    rows = np.arange(n)
+    pa, pb = np.exp(lp_a), np.exp(lp_b)
+    out = np.zeros((n, len(weights)), bool)
+    for i, w in enumerate(weights):
+        if w == 1.0:
+            sc = lp_a
+        elif w == 0.0:
+            sc = lp_b
+        else:
+            sc = w * pa + (1.0 - w) * pb
+        st = sc[rows, targets]
+        other = sc.copy()
+        other[rows, targets] = -np.inf
+        out[:, i] = st > other.max(axis=1)
+    return out
+
+
+def single_right(arr) -> np.ndarray:
+    return (arr["target_rank"] == 0) & (arr["target_ties"] == 0)
+
+
+def partition_codes(arr_a, arr_b) -> np.ndarray:
+    """2 [A right] + [B right]: 0 Nww, 1 T, 2 F, 3 Nrr."""
+    return 2 * single_right(arr_a).astype(np.int64) + single_right(arr_b).astype(np.int64)
+
+
+def nll_sums(arr_a, arr_b, weights) -> np.ndarray:
+    a = np.exp(arr_a["target_logprob"].astype(np.float64))
+    b = np.exp(arr_b["target_logprob"].astype(np.float64))
+    with np.errstate(divide="ignore"):
+        return np.array([np.sum(-np.log(w * a + (1.0 - w) * b)) for w in weights])
+
+
+# ---------------------------------------------------------------------------------------------- bounds
+def prob_bounds(lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) probability of each stored log-prob: float16 +-1/2 ulp (outward-rounded), float32 exact."""
+    v = lp.astype(np.float64)
+    if lp.dtype == np.float16:
+        h = 0.5 * np.abs(np.spacing(lp).astype(np.float64))
+        with np.errstate(invalid="ignore"):
+            lo = np.where(np.isfinite(v), np.exp(v - h), 0.0)
+            hi = np.where(np.isfinite(v), np.exp(v + h), 0.0)
+        lo = np.minimum(np.nextafter(lo, -np.inf).clip(min=0.0), 1.0)
+        hi = np.minimum(np.nextafter(hi, np.inf), 1.0)
+        return lo, hi
+    p = np.exp(v)
+    return p, p
+
+
+def tail_upper(tail: np.ndarray) -> np.ndarray:
+    x = tail.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        p = np.exp(x - np.abs(x) * TAIL_WIDEN) * (1.0 + 4e-16)
+    return np.where(np.isneginf(x), 0.0, np.minimum(p, 1.0))
+
+
+def outside_bound(arr, p_target) -> np.ndarray:
+    """u: upper bound of any class outside the model's list (other than the target)."""
+    _, hi = prob_bounds(arr["topk_logprobs"])
+    t_in = (arr["topk_ids"] == arr["targets"][:, None]).any(axis=1)
+    tail = tail_upper(arr["tail_logmass"])
+    tail = np.where(t_in, tail, np.maximum(tail - p_target, 0.0))
+    return np.minimum(hi[:, -1], tail)
+
+
+def candidates(arr_a, arr_b, n_classes_a: int, n_classes_b: int):
+    """Per position every competitor j != t with (loA, hiA, loB, hiB), as (N, C) arrays plus a validity mask.
+
+    Candidates: A's list, B's list entries not in A's list, and one 'any class outside both lists' if one
+    exists. Brute force membership by comparing all pairs of ids.
+    """
+    t = arr_a["targets"]
+    a = np.exp(arr_a["target_logprob"].astype(np.float64))
+    b = np.exp(arr_b["target_logprob"].astype(np.float64))
+    ids_a, ids_b = arr_a["topk_ids"], arr_b["topk_ids"]
+    lo_a, hi_a = prob_bounds(arr_a["topk_logprobs"])
+    lo_b, hi_b = prob_bounds(arr_b["topk_logprobs"])
+    ua, ub = outside_bound(arr_a, a), outside_bound(arr_b, b)
+    eq = ids_a[:, :, None] == ids_b[:, None, :]  # (N, KA, KB)
+    in_b = eq.any(axis=2)
+    kb_of = eq.argmax(axis=2)
+    take = lambda x, idx: np.take_along_axis(x, idx, axis=1)  # noqa: E731
+    # A's list
+    c_lo_a, c_hi_a = lo_a, hi_a
+    c_lo_b = np.where(in_b, take(lo_b, kb_of), 0.0)
+    c_hi_b = np.where(in_b, take(hi_b, kb_of), np.where(ids_a < n_classes_b, ub[:, None], 0.0))
+    valid_a = ids_a != t[:, None]
+    # B's list, not in A's
+    in_a = eq.any(axis=1)
+    d_lo_b, d_hi_b = lo_b, hi_b
+    d_lo_a = np.zeros_like(lo_b)
+    d_hi_a = np.where(ids_b < n_classes_a, ua[:, None], 0.0)
+    valid_b = (ids_b != t[:, None]) & ~in_a
+    # outside both
+    n_vocab = max(n_classes_a, n_classes_b)
+    union = ids_a.shape[1] + valid_b.sum(axis=1) + ((ids_b == t[:, None]) & ~in_a).sum(axis=1)
+    t_listed = (ids_a == t[:, None]).any(axis=1) | (ids_b == t[:, None]).any(axis=1)
+    n_known = union + np.where(t_listed | (t >= n_vocab), 0, 1)
+    valid_o = (n_vocab > n_known)[:, None]
+    lo_A = np.concatenate([c_lo_a, d_lo_a, np.zeros((len(t), 1))], axis=1)
+    hi_A = np.concatenate([c_hi_a, d_hi_a, ua[:, None]], axis=1)
+    lo_B = np.concatenate([c_lo_b, d_lo_b, np.zeros((len(t), 1))], axis=1)
+    hi_B = np.concatenate([c_hi_b, d_hi_b, ub[:, None]], axis=1)
+    valid = np.concatenate([valid_a, valid_b, valid_o], axis=1)
+    return a, b, lo_A, hi_A, lo_B, hi_B, valid
+
+
+def certified_right(arr_a, arr_b, n_classes_a, n_classes_b, weights):
+    """(right_lo, right_hi): (N, W) bool certified right / possibly right at each weight, brute force."""
+    a, b, lo_A, hi_A, lo_B, hi_B, valid = candidates(arr_a, arr_b, n_classes_a, n_classes_b)
+    ra, rb = single_right(arr_a), single_right(arr_b)
+    n = len(a)
+    lo = np.zeros((n, len(weights)), bool)
+    hi = np.zeros((n, len(weights)), bool)
+    for i, w in enumerate(weights):
+        if w == 1.0:
+            lo[:, i] = hi[:, i] = ra
+            continue
+        if w == 0.0:
+            lo[:, i] = hi[:, i] = rb
+            continue
+        ft = w * a + (1.0 - w) * b
+        up = np.where(valid, w * hi_A + (1.0 - w) * hi_B, -np.inf).max(axis=1)
+        down = np.where(valid, w * lo_A + (1.0 - w) * lo_B, -np.inf).max(axis=1)
+        lo[:, i] = ft > up
+        hi[:, i] = ft > down
+    return lo, hi
+
+
+def critical_weights(arr_a, arr_b, n_classes_a, n_classes_b) -> np.ndarray:
+    """Every weight in (0, 1) where some candidate bound line crosses the target's line."""
+    a, b, lo_A, hi_A, lo_B, hi_B, valid = candidates(arr_a, arr_b, n_classes_a, n_classes_b)
+    out = []
+    for xa, xb in ((hi_A, hi_B), (lo_A, lo_B)):
+        c1 = a[:, None] - xa
+        c0 = b[:, None] - xb
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = c0 / (c0 - c1)
+        out.append(x[valid & np.isfinite(x) & (x > 0) & (x < 1)])
+    return np.unique(np.concatenate(out))
+
+
+def acc_lo_max(arr_a, arr_b, n_classes_a, n_classes_b) -> int:
+    """max over w in [0, 1] of the certified-right count: evaluate 0, 1, every critical weight and the
+    midpoints between consecutive ones (a step function is constant between them)."""
+    crit = critical_weights(arr_a, arr_b, n_classes_a, n_classes_b)
+    pts = np.concatenate([[0.0, 1.0], crit, (np.concatenate([[0.0], crit]) + np.concatenate([crit, [1.0]])) / 2])
+    lo, _ = certified_right(arr_a, arr_b, n_classes_a, n_classes_b, pts)
+    return int(lo.sum(axis=0).max())
+
+
+# ---------------------------------------------------------------------------------------------- optima
+def nll_optimum(arr_a, arr_b, iters: int = 200) -> float:
+    """w* minimising sum -log(w a + (1 - w) b), by bisection on the derivative."""
+    a = np.exp(arr_a["target_logprob"].astype(np.float64))
+    b = np.exp(arr_b["target_logprob"].astype(np.float64))
+    g = lambda w: -np.sum((a - b) / (w * a + (1.0 - w) * b))  # noqa: E731
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if not g(1.0) > 0:
+            return 1.0
+        if not g(0.0) < 0:
+            return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if g(mid) > 0:
+            hi = mid
+        else:
+            lo = mid
+    return 0.5 * (lo + hi)
+
+
+# ---------------------------------------------------------------------------------------------- thresholds
+def exchange_thresholds(arr_a, arr_b, lp_a, lp_b):
+    """Exact ET_T on T and ET_F on F from full distributions (tau = (1 - w) / w); NaN elsewhere."""
+    pa, pb = np.exp(lp_a), np.exp(lp_b)
+    t = arr_a["targets"]
+    rows = np.arange(len(t))
+    code = partition_codes(arr_a, arr_b)
+    qa, qb = pa[rows, t], pb[rows, t]
+    xa = lp_a.copy()
+    xa[rows, t] = -np.inf
+    i = xa.argmax(axis=1)
+    xb = lp_b.copy()
+    xb[rows, t] = -np.inf
+    j = xb.argmax(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        den_t = qb - pb[rows, i]
+        et_t = np.where(den_t > 0, (pa[rows, i] - qa) / den_t, np.inf)
+        et_t = np.where((arr_a["target_rank"] == 0) & (arr_a["target_ties"] > 0), 0.0, et_t)
+        den_f = pb[rows, j] - qb
+        et_f = np.where(den_f > 0, (qa - pa[rows, j]) / den_f, np.inf)
+    return np.where(code == 1, et_t, np.where(code == 2, et_f, np.nan))
