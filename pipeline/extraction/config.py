@@ -102,11 +102,15 @@ def run_spec_from_dict(cfg: dict[str, Any]) -> RunSpec:
     for key in ("model", "dataset", "extract"):
         if not isinstance(cfg.get(key), dict):
             raise ConfigError(f"config group '{key}' is missing: pass {key}=<name> or compose it")
+    model = dict(cfg["model"])
+    if not model.get("name"):
+        # a bare model.name_or_path=DIR_OR_ID: name it after its last path component
+        model["name"] = str(model.get("name_or_path") or "").rstrip("/").split("/")[-1] or "model"
     ds = dict(cfg["dataset"])
     proto = ds.pop("protocol", None) or {}
     ds.update({k: proto[k] for k in ("scoring", "separator", "bos") if k in proto})
     return RunSpec(
-        model=_build(ModelSpec, cfg["model"], "model"),
+        model=_build(ModelSpec, model, "model"),
         dataset=_build(DatasetSpec, ds, "dataset"),
         extract=_build(ExtractSpec, cfg["extract"], "extract"),
         store=cfg.get("store"),

@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..store import StoreWriter, config_hash, open_store, setting_tag, store_path
+from ..store import (
+    StoreError,
+    StoreExistsError,
+    StoreWriter,
+    config_hash,
+    open_store,
+    setting_tag,
+    store_path,
+)
 from .config import RunSpec
 from .datasets import Documents, load_documents
 from .errors import ContextTooLongError, EmptyDatasetError
@@ -167,6 +175,8 @@ def _metrics(tlp: np.ndarray, correct: np.ndarray, n_chars: np.ndarray, n_bytes:
 
 def extract(spec: RunSpec, lm: LoadedModel | None = None):
     """Run one extraction to a complete store; returns the opened Store."""
+    if spec.store and not spec.overwrite:
+        _refuse_complete(Path(spec.store))  # fail before loading anything
     docs = load_documents(spec.dataset)
     lm = lm or load_model(spec.model)
     configure_torch(spec, lm.device)
@@ -233,6 +243,16 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
              _fmt(metrics["bpc"]), _fmt(metrics["bpb"]), metrics["acc"], N,
              metrics["tokens_per_s_this_run"] or 0.0, path)
     return store
+
+
+def _refuse_complete(path: Path) -> None:
+    if not (path / "zarr.json").exists():
+        return
+    try:
+        open_store(path)
+    except StoreError:
+        return  # partial (resumable) or not a store: the writer decides
+    raise StoreExistsError(f"{path} is a complete store; pass overwrite=true to replace it, or choose another store=")
 
 
 def _fmt(x):
