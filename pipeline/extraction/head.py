@@ -9,7 +9,8 @@ targets t (P,):
     top-K    = topk(z) - lse                  ids most probable first
     target   = z_t - lse; rank = #{j: z_j > z_t}; ties = #{j != t: z_j == z_t}
     entropy  = log s - sum_j exp(z_j - m) (z_j - m) / s        (no cancellation: z - m <= 0)
-    tail     = log(sum_{j not in top-K} exp(z_j - m)) - log s  summed directly, never 1 - sum(top)
+    tail     = log(sum_{j not in top-K} exp(z_j - m)) - log s  summed directly, never 1 - sum(top);
+               rows whose tail underflows are redone as a logsumexp over the tail's own maximum
 
 Top-K on raw logits minus the logsumexp is the cheapest order on CPU (DESIGN section 6). The
 positions are processed in chunks so a 152k vocabulary at context 2048 fits a 24 GB GPU.
@@ -74,7 +75,14 @@ def score_logits(logits: torch.Tensor, targets: torch.Tensor, k: int, entropy: b
         out["entropy"] = log_s - ez / s
     if k < n_classes:
         e.scatter_(1, topi, 0.0)
-        out["tail_logmass"] = torch.log(e.sum(1)) - log_s
+        tail = e.sum(1)
+        out["tail_logmass"] = torch.log(tail) - log_s
+        # exp(z - m) underflows below ~e^-87 (denormals to e^-103): redo the rare tiny tails as a
+        # logsumexp over their own maximum so they stay finite and exact
+        tiny = (tail < 1e-30).nonzero().squeeze(1)
+        if len(tiny):
+            zr = z[tiny].scatter_(1, topi[tiny], -torch.inf)
+            out["tail_logmass"][tiny] = torch.logsumexp(zr, 1) - log_s[tiny]
     else:
         out["tail_logmass"] = torch.full((n_pos,), -torch.inf, device=logits.device)
 

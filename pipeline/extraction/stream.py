@@ -202,7 +202,8 @@ def build_stream(docs: Sequence[str], tokenizer, protocol: Protocol, bos_id: int
         exact = _round_trip(tokenizer, [tok], [text])
         tok = np.asarray(tok, dtype=np.int64)
         ends = np.asarray([o[1] for o in off], dtype=np.int64)
-        # a token belongs to the document containing its last character (separators go to the next one)
+        # a token belongs to the document containing its last character; a separator counts with the
+        # document before it
         doc = (np.searchsorted(starts, np.maximum(ends - 1, 0), side="right") - 1).astype(np.int32)
         is_bos = np.zeros(len(tok), bool)
         if use_bos and len(tok):
