@@ -237,7 +237,8 @@ def load_lm1b(spec: DatasetSpec):
         raise DatasetNotFoundError(f"lm1b has splits {sorted(spec.files)}, not {spec.split!r}")
     if spec.path:
         p = Path(spec.path)
-        p = p if p.is_file() else p / member
+        if not p.is_file():  # the extracted archive root, or the held-out directory itself
+            p = p / member if (p / member).exists() else p / Path(member).name
         text, source = read_text(p), f"file:{p}"
     else:
         import tarfile
