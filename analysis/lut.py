@@ -37,3 +37,35 @@ def float16_tables() -> tuple[np.ndarray, np.ndarray]:
     hi = np.where(np.isnan(v), np.nan, hi)
     lo = np.where(np.isnan(v), np.nan, lo)
     return np.ascontiguousarray(lo), np.ascontiguousarray(hi)
+
+
+def list_bounds(lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) probabilities of stored log-probs (any shape): float16 by the tables, float32 exact."""
+    if lp.dtype == np.float16:
+        lo, hi = float16_tables()
+        bits = np.ascontiguousarray(lp).view(np.uint16)
+        return lo[bits], hi[bits]
+    p = np.exp(lp.astype(np.float64))
+    return p, p
+
+
+def tail_upper(tail: np.ndarray) -> np.ndarray:
+    """Upper bound of the tail mass from float32 log values (rounded to nearest); 0 for -inf."""
+    x = tail.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        p = np.exp(x - np.abs(x) * TAIL_WIDEN) * (1.0 + 4e-16)
+    return np.where(np.isneginf(x), 0.0, np.minimum(p, 1.0))
+
+
+def outside_bound(ids: np.ndarray, lp: np.ndarray, tail: np.ndarray, targets: np.ndarray,
+                  p_target: np.ndarray) -> np.ndarray:
+    """u per position: no class outside the list (other than the target) has probability above it.
+
+    u = min(hi of the K-th listed entry, tail upper bound, minus the target's probability when the
+    target is outside the list).
+    """
+    _, hi = list_bounds(lp[:, -1])
+    t_in = (ids == targets[:, None]).any(axis=1)
+    tl = tail_upper(tail)
+    tl = np.where(t_in, tl, np.maximum(tl - p_target, 0.0))
+    return np.minimum(hi, tl)

@@ -13,9 +13,18 @@ evaluating every critical weight, and exchange thresholds.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 
-from pipeline.store.synthetic import arrays_from_logprobs, random_distributions, synthetic_attrs
+# The editable install was made before analysis/__init__.py existed, so it maps `analysis` as a namespace
+# package; put the repository first so the real package is imported (harmless once reinstalled).
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from pipeline.store.synthetic import arrays_from_logprobs, random_distributions, synthetic_attrs  # noqa: F401
 
 TAIL_WIDEN = 2.0 ** -23
 

@@ -1,0 +1,257 @@
+"""Exact optima and improvement domains (DESIGN.md section 3).
+
+NLL: L(w) = -sum_s log(w a_s + (1 - w) b_s) is convex in w, with L'(w) = -sum (a - b)/x and
+L''(w) = sum (a - b)^2 / x^2. w* < 1 iff L'(1) = sum b/a - N > 0 and w* > 0 iff L'(0) = N - sum a/b < 0.
+The root of L' is found by safeguarded Newton in u = log beta = log(w / (1 - w)), carrying w and
+v = 1 - w separately so that precision holds as w* -> 1; alpha_nll = exp(u*). The improvement domain
+{w : L(w) <= L(1)} = [w_D, 1] has w_D the root of L(w) - L(1) left of w*, found the same way.
+
+ACC: position s is certified right on the open interval (L1_s, U1_s) of w (and, exactly, at w = 0 / 1
+when B / A alone is right). acc_lo(w) is a step function; sorting all interval ends and sweeping gives
+its value on every open gap between consecutive ends and at every end itself; its maximisers are
+runs of these pieces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels
+from .data import PairData
+from .errors import DegenerateObjectiveError
+
+
+def _wv(u: float) -> tuple[float, float]:
+    """(w, 1 - w) for log beta = u, both to full relative precision."""
+    if u >= 0:
+        e = math.exp(-u)
+        return 1.0 / (1.0 + e), e / (1.0 + e)
+    e = math.exp(u)
+    return e / (1.0 + e), 1.0 / (1.0 + e)
+
+
+def _derivs(data: PairData, w: float, v: float, with_value: bool) -> tuple[float, float, float]:
+    """(L, L', L'') at w (L = nan when not asked for)."""
+    nblk = (data.n + kernels.BLOCK - 1) // kernels.BLOCK
+    if with_value:
+        out = np.empty((nblk, 3))
+        kernels.nll_derivatives(data.a, data.b, w, v, out)
+        f, g, h = kernels.reduce_blocks(out)
+        return float(f), float(g), float(h)
+    out = np.empty((nblk, 2))
+    kernels.nll_gradient(data.a, data.b, w, v, out)
+    g, h = kernels.reduce_blocks(out)
+    return math.nan, float(g), float(h)
+
+
+U_MAX = 700.0  # |log beta| beyond this is beta = 0 / inf for every purpose (exp overflows near 709)
+
+
+def _solve(fun, u0: float, lo: float, hi: float, tol: float = 1e-13, max_iter: int = 200) -> float:
+    """Root of an increasing function of u in (lo, hi) by safeguarded Newton; fun(u) -> (value, d/du)."""
+    u = min(max(u0, lo), hi)
+    for _ in range(max_iter):
+        val, der = fun(u)
+        if val == 0.0:
+            return u
+        if val > 0:
+            hi = u
+        else:
+            lo = u
+        step = -val / der if der > 0 and math.isfinite(der) else math.nan
+        nxt = u + step
+        if not (lo < nxt < hi) or not math.isfinite(nxt):
+            # Out of the bracket: a bounded step toward the root while the bracket is wide, else bisect.
+            nxt = u - 4.0 if val > 0 else u + 4.0
+            if hi - lo <= 8.0 or not lo < nxt < hi:
+                nxt = 0.5 * (lo + hi)
+        if abs(nxt - u) <= tol * max(1.0, abs(u)) or (hi - lo) <= tol * max(1.0, abs(u)):
+            return nxt
+        u = nxt
+    return u
+
+
+@dataclass(frozen=True)
+class NllOptimum:
+    w: float  # w* (1.0 when A alone is best)
+    alpha: float  # beta* = w* / (1 - w*); inf when w* = 1
+    w_domain: float  # w_D: L(w) <= L(1) exactly on [w_D, 1]
+    d: float  # D = w_D / (1 - w_D)
+    slope_at_1: float  # L'(1) = sum b/a - N (> 0 iff fusion helps)
+
+
+def nll_optimum(data: PairData, with_domain: bool = True) -> NllOptimum:
+    """Exact minimiser of the fused NLL over w in [0, 1], and the NLL improvement domain."""
+    if np.any((data.a == 0.0) & (data.b == 0.0)):
+        s = int(np.flatnonzero((data.a == 0.0) & (data.b == 0.0))[0])
+        raise DegenerateObjectiveError(
+            f"position {s} has probability 0 under both models, so the fused NLL is infinite for every weight; "
+            "check the stores' logit widths (n_classes) and targets")
+    _, g1, _ = _derivs(data, 1.0, 0.0, False)
+    _, g0, _ = _derivs(data, 0.0, 1.0, False)
+    if not g1 > 0:
+        w, u = 1.0, math.inf
+    elif not g0 < 0:
+        w, u = 0.0, -math.inf
+    else:
+        def grad(u):
+            w, v = _wv(u)
+            _, g, h = _derivs(data, w, v, False)
+            return g, h * w * v  # dL'/du = L'' dw/du, dw/du = w v
+
+        u = _solve(grad, 0.0, -U_MAX, U_MAX)
+        w, _ = _wv(u)
+    alpha = math.exp(u) if math.isfinite(u) and u < U_MAX else (math.inf if u > 0 else 0.0)
+    if not with_domain:
+        return NllOptimum(w, alpha, math.nan, math.nan, g1)
+    if w == 1.0:
+        return NllOptimum(w, alpha, 1.0, math.inf, g1)
+    l1, _, _ = _derivs(data, 1.0, 0.0, True)
+    l0, _, _ = _derivs(data, 0.0, 1.0, True)
+    if l0 <= l1:
+        return NllOptimum(w, alpha, 0.0, 0.0, g1)
+
+    def excess(u):  # L(w) - L(1), decreasing left of u*: negate to make it increasing
+        w_, v_ = _wv(u)
+        f, g, _ = _derivs(data, w_, v_, True)
+        return -(f - l1), -g * w_ * v_
+
+    ud = _solve(excess, u - 1.0, -U_MAX, u)
+    wd, _ = _wv(ud)
+    return NllOptimum(w, alpha, wd, math.exp(ud) if ud > -U_MAX else 0.0, g1)
+
+
+# ---------------------------------------------------------------------------------------------- ACC
+@dataclass(frozen=True)
+class AccPieces:
+    """acc_lo along w as alternating pieces: [w=0], gap, end, gap, ..., end, gap, [w=1].
+
+    ``left[i] < w < right[i]`` for gaps, w == left[i] == right[i] for points; ``count[i]`` certified-right
+    positions on the piece.
+    """
+
+    left: np.ndarray
+    right: np.ndarray
+    is_point: np.ndarray
+    count: np.ndarray
+
+
+def acc_pieces(data: PairData, lo_bound: bool = True) -> AccPieces:
+    """Exact acc count (certified if lo_bound, else possible) on every piece of [0, 1]."""
+    lo_, hi_ = (data.l1, data.u1) if lo_bound else (data.l2, data.u2)
+    valid = (lo_ < hi_) & (lo_ < 1.0) & (hi_ > 0.0)
+    starts = lo_[valid & (lo_ > 0.0)]
+    ends = hi_[valid & (hi_ < 1.0)]
+    base = int(np.count_nonzero(valid & (lo_ <= 0.0)))
+    coords = np.unique(np.concatenate([starts, ends]))
+    starts.sort()
+    ends.sort()
+    n_start = np.searchsorted(starts, coords, "right") - np.searchsorted(starts, coords, "left")
+    n_end = np.searchsorted(ends, coords, "right") - np.searchsorted(ends, coords, "left")
+    gaps = base + np.concatenate([[0], np.cumsum(n_start - n_end)])  # gap i lies right of coords[i-1]
+    points = gaps[:-1] - n_end  # at coords[i]: the gap to its left minus intervals ending there
+    m = coords.size
+    n_code = np.bincount(data.code, minlength=4)
+    at0 = int(n_code[1] + n_code[3])  # B alone right
+    at1 = int(n_code[2] + n_code[3])  # A alone right
+    count = np.empty(2 * m + 3, np.int64)
+    left = np.empty(2 * m + 3)
+    right = np.empty(2 * m + 3)
+    is_point = np.zeros(2 * m + 3, bool)
+    edges = np.concatenate([[0.0], coords, [1.0]])
+    count[0], left[0], right[0], is_point[0] = at0, 0.0, 0.0, True
+    count[1:-1:2] = gaps
+    left[1:-1:2] = edges[:-1]
+    right[1:-1:2] = edges[1:]
+    count[2:-2:2] = points
+    left[2:-2:2] = right[2:-2:2] = coords
+    is_point[2:-2:2] = True
+    count[-1], left[-1], right[-1], is_point[-1] = at1, 1.0, 1.0, True
+    return AccPieces(left, right, is_point, count)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[first, last] index pairs of the runs of True."""
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return []
+    cut = np.flatnonzero(np.diff(idx) > 1)
+    firsts = np.concatenate([[idx[0]], idx[cut + 1]])
+    lasts = np.concatenate([idx[cut], [idx[-1]]])
+    return list(zip(firsts.tolist(), lasts.tolist()))
+
+
+@dataclass(frozen=True)
+class WInterval:
+    """An interval of weights with its closedness, and the same in beta."""
+
+    w_lo: float
+    w_hi: float
+    lo_closed: bool
+    hi_closed: bool
+
+    @property
+    def beta_lo(self) -> float:
+        return _beta(self.w_lo)
+
+    @property
+    def beta_hi(self) -> float:
+        return _beta(self.w_hi)
+
+
+def _beta(w: float) -> float:
+    return math.inf if w >= 1.0 else w / (1.0 - w)
+
+
+def _interval(p: AccPieces, first: int, last: int) -> WInterval:
+    return WInterval(float(p.left[first]), float(p.right[last]), bool(p.is_point[first]), bool(p.is_point[last]))
+
+
+def representative(iv: WInterval) -> float:
+    """The canonical weight of a maximising interval: its geometric midpoint in beta; where an end is
+    beta = 0 or inf, the midpoint in w; the end itself if the interval holds w = 1 (A alone) or is {0}."""
+    if iv.hi_closed and iv.w_hi == 1.0:
+        return 1.0
+    if iv.w_lo == iv.w_hi:
+        return iv.w_lo
+    if iv.w_lo > 0.0 and iv.w_hi < 1.0:
+        beta = math.sqrt(_beta(iv.w_lo) * _beta(iv.w_hi))
+        w = beta / (1.0 + beta)
+        if iv.w_lo < w < iv.w_hi:
+            return w
+    return 0.5 * (iv.w_lo + iv.w_hi)
+
+
+@dataclass(frozen=True)
+class AccOptimum:
+    w: float  # canonical maximiser (in the maximising interval nearest beta = inf)
+    alpha: float
+    n_right_lo: int  # max of the certified-right count
+    intervals: tuple  # every maximising interval (WInterval), increasing w
+    w_domain: float  # lower end in w of the connected part of {acc_lo >= ACC_A} holding w = 1
+    domain_closed: bool
+    d: float  # the same in beta
+    disconnected: bool  # {acc_lo >= ACC_A} has parts below the one holding w = 1
+
+
+def acc_optimum(data: PairData) -> AccOptimum:
+    """Maximise acc_lo(w) exactly; improvement domain of ACC against A alone."""
+    p = acc_pieces(data, lo_bound=True)
+    best = int(p.count.max())
+    runs = _runs(p.count == best)
+    intervals = tuple(_interval(p, f, last) for f, last in runs)
+    w = representative(intervals[-1])
+    # D_acc: walk down from w = 1 while acc_lo >= ACC_A.
+    acc_a = int(p.count[-1])
+    ok = p.count >= acc_a
+    i = p.count.size - 1
+    while i > 0 and ok[i - 1]:
+        i -= 1
+    w_d = float(p.left[i])
+    closed = bool(p.is_point[i])
+    disconnected = bool(ok[:i].any())
+    d = _beta(w_d)
+    return AccOptimum(w, _beta(w), best, intervals, w_d, closed, d, disconnected)
