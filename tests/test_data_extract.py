@@ -9,8 +9,12 @@ from extract_helpers import write_jsonl
 
 from pipeline.extraction.config import DatasetSpec
 from pipeline.extraction.datasets import _wikitext_articles, load_documents, text_sha256, wiki_vital_split
-from pipeline.extraction.errors import (DatasetChecksumError, DatasetNotFoundError, EmptyDatasetError,
-                                        NotUTF8Error)
+from pipeline.extraction.errors import (
+    DatasetChecksumError,
+    DatasetNotFoundError,
+    EmptyDatasetError,
+    NotUTF8Error,
+)
 
 WIKI_ROWS = ["", " = Alpha = \n", "", " Alpha text line .\n", " = = Section = = \n", " more alpha .\n",
              " = Beta = \n", " Beta text .\n"]

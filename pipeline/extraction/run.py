@@ -198,7 +198,7 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
     log.info("extracting %s on %s/%s: %d positions, %d windows, L=%d S=%d K=%d -> %s", spec.model.name,
              spec.dataset.name, spec.dataset.split, N, len(windows), protocol.context_length, protocol.stride, K, path)
 
-    writer = StoreWriter(path, n_positions=N, top_k=K, n_classes=lm.n_classes, logprob_dtype=spec.extract.logprob_dtype,
+    writer = StoreWriter(path, n_positions=N, top_k=spec.extract.top_k, n_classes=lm.n_classes, logprob_dtype=spec.extract.logprob_dtype,
                          attrs=attrs, setting_hash=setting_hash(attrs), chunk_size=spec.extract.chunk_size,
                          overwrite=spec.overwrite, optional=("entropy",) if spec.extract.entropy else ())
     with writer:
