@@ -1,0 +1,1 @@
+"""Training the research's own reference models (paper appendix E), saved to load like hub models."""

@@ -1,0 +1,60 @@
+"""Typed, frozen view of the training config (conf/train.yaml + conf/train/<name>.yaml)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+ARCHS = ("lstm", "gru", "transformer", "simple_transformer")
+
+
+class TrainConfigError(ValueError):
+    """A training config value is invalid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    name: str
+    arch: str                            # lstm | gru | transformer | simple_transformer
+    embed_size: int = 128                # E (lstm/gru/transformer); the SimpleTransformer's hidden size
+    hidden_size: int = 128               # recurrent hidden size
+    num_layers: int = 1
+    nhead: int = 2
+    ffn_size: int = 200
+    seq_len: int = 35                    # bptt segment length; the small Transformer's positional length
+    dropout: float = 0.2
+    epochs: int = 5
+    batch_size: int = 20
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: float = 0.0                  # fraction of steps (SimpleTransformer)
+    clip: float | None = None
+    max_length: int = 1024               # SimpleTransformer block length
+    tokenizer: str | None = None         # SimpleTransformer: HF tokenizer dir/hub id or package:<module>
+    tokenizer_gguf_file: str | None = None
+    vocab_max_size: int = 10_000         # word-level vocabulary (lstm/gru/transformer)
+    vocab_min_freq: int = 2
+    max_train_tokens: int | None = None  # cap of the training stream (demo budgets)
+    max_steps: int | None = None
+    seed: int = 42
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise TrainConfigError(f"train.arch={self.arch!r}: use one of {ARCHS}")
+        if self.arch == "simple_transformer" and not self.tokenizer:
+            raise TrainConfigError("train.tokenizer is required for simple_transformer (a HF tokenizer: hub id, "
+                                   "directory, or package:<module> with train.tokenizer_gguf_file)")
+        if self.arch == "transformer" and self.embed_size % self.nhead:
+            raise TrainConfigError(f"train.embed_size={self.embed_size} must be divisible by nhead={self.nhead}")
+        for key in ("epochs", "batch_size", "grad_accum", "seq_len", "embed_size"):
+            if getattr(self, key) < 1:
+                raise TrainConfigError(f"train.{key}={getattr(self, key)} must be >= 1")
+
+
+def train_spec_from_dict(d: dict) -> TrainSpec:
+    names = {f.name for f in dataclasses.fields(TrainSpec)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise TrainConfigError(f"unknown key(s) {unknown} in config group 'train'; known: {sorted(names)}")
+    return TrainSpec(**d)

@@ -1,0 +1,122 @@
+"""Train one reference model and save it (with its tokenizer) where the extraction stage can load it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..extraction.datasets import load_documents
+from ..extraction.models import count_params, package_dir, resolve_device
+from . import models as custom
+from .config import TrainSpec
+from .loop import train_blocks, train_stream
+from .wordlevel import build_word_tokenizer
+
+log = logging.getLogger(__name__)
+MARKER = "training.json"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_tokenizer(spec: TrainSpec):
+    from transformers import AutoTokenizer
+
+    src = str(package_dir(spec.tokenizer)) if spec.tokenizer.startswith("package:") else spec.tokenizer
+    kwargs = {"gguf_file": spec.tokenizer_gguf_file} if spec.tokenizer_gguf_file else {}
+    return AutoTokenizer.from_pretrained(src, **kwargs)
+
+
+def build_model(spec: TrainSpec, vocab_size: int, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if spec.arch in ("lstm", "gru"):
+        cfg = custom.ARRNNConfig(vocab_size=vocab_size, cell=spec.arch, embed_size=spec.embed_size,
+                                 hidden_size=spec.hidden_size, num_layers=spec.num_layers, dropout=spec.dropout)
+        return custom.ARRNNForCausalLM(cfg)
+    if spec.arch == "transformer":
+        cfg = custom.ARTransformerConfig(vocab_size=vocab_size, embed_size=spec.embed_size, nhead=spec.nhead,
+                                         ffn_size=spec.ffn_size, num_layers=spec.num_layers, dropout=spec.dropout,
+                                         seq_len=spec.seq_len)
+        return custom.ARTransformerForCausalLM(cfg)
+    # SimpleTransformer: a causal GPT-2-architecture decoder of the paper's appendix E.1 sizes.
+    cfg = GPT2Config(vocab_size=vocab_size, n_positions=spec.max_length, n_embd=spec.embed_size,
+                     n_layer=spec.num_layers, n_head=spec.nhead, n_inner=spec.ffn_size,
+                     activation_function="gelu", resid_pdrop=spec.dropout, embd_pdrop=spec.dropout,
+                     attn_pdrop=spec.dropout, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return GPT2LMHeadModel(cfg)
+
+
+def encode_stream(texts: list[str], tokenizer, eos_id: int, cap: int | None) -> torch.Tensor:
+    """Documents joined by <eos>, as one id stream (capped at ``cap`` tokens)."""
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+        ids.append(eos_id)
+        if cap is not None and len(ids) >= cap:
+            break
+    return torch.tensor(ids[:cap] if cap else ids, dtype=torch.long)
+
+
+def train(spec: TrainSpec, dataset_spec, out: Path, overwrite: bool = False, resolved: dict | None = None,
+          progress: bool = True) -> Path:
+    """Train and save to ``out``; an already trained model there is reused unless ``overwrite``."""
+    out = Path(out)
+    if (out / MARKER).exists() and not overwrite:
+        log.info("%s is already trained (%s); reusing it (overwrite=true retrains)", spec.name, out)
+        return out
+    seed_everything(spec.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = resolve_device(spec.device)
+    docs = load_documents(dataset_spec)
+    if spec.arch == "simple_transformer":
+        tokenizer = load_tokenizer(spec)
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+        vocab_size = len(tokenizer)
+    else:
+        tokenizer = build_word_tokenizer(docs.texts, spec.vocab_max_size, spec.vocab_min_freq)
+        eos = tokenizer.eos_token_id
+        vocab_size = len(tokenizer)
+    ids = encode_stream(docs.texts, tokenizer, eos, spec.max_train_tokens)
+    log.info("%s: %d training tokens, vocabulary %d, device %s", spec.name, ids.numel(), vocab_size, device)
+    seed_everything(spec.seed)  # the model's init does not depend on how the data was read
+    model = build_model(spec, vocab_size, tokenizer).to(device)
+    t0 = time.time()
+    if spec.arch == "simple_transformer":
+        losses = train_blocks(model, ids, epochs=spec.epochs, batch_size=spec.batch_size, grad_accum=spec.grad_accum,
+                              max_length=spec.max_length, lr=spec.lr, weight_decay=spec.weight_decay,
+                              warmup=spec.warmup, clip=spec.clip, device=device, seed=spec.seed,
+                              max_steps=spec.max_steps, progress=progress)
+    else:
+        losses = train_stream(model, ids, epochs=spec.epochs, batch_size=spec.batch_size, bptt=spec.seq_len,
+                              lr=spec.lr, clip=spec.clip, device=device, stateful=spec.arch in ("lstm", "gru"),
+                              progress=progress)
+    seconds = time.time() - t0
+    total, nonembed = count_params(model)
+    model.eval()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.to("cpu").save_pretrained(tmp)  # safetensors
+    tokenizer.save_pretrained(tmp)
+    meta = {"name": spec.name, "arch": spec.arch, "n_params": total, "n_params_nonembed": nonembed,
+            "vocab_size": vocab_size, "train_tokens": int(ids.numel()), "train_losses": losses,
+            "seconds": round(seconds, 1), "device": str(device), "dataset": docs.meta, "config": resolved or {}}
+    (tmp / MARKER).write_text(json.dumps(meta, indent=2, default=str))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)  # the directory appears complete or not at all
+    log.info("%s: %d parameters (%d non-embedding), final train loss %.3f, %.0fs -> %s", spec.name, total,
+             nonembed, losses[-1], seconds, out)
+    return out
