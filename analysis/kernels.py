@@ -73,7 +73,7 @@ def _tail_upper(tail, widen):
     x = np.float64(tail)
     if x == -np.inf:
         return 0.0
-    p = math.exp(x - abs(x) * widen) * (1.0 + 4e-16)
+    p = math.exp(x + abs(x) * widen) * (1.0 + 4e-16)
     return p if p < 1.0 else 1.0
 
 

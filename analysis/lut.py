@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-# Relative widening of a float32 log value x into an upper bound: x * (1 - 2^-23) >= x + |x| 2^-24 for x < 0.
+# Widening of a float32 log value x (rounded to nearest, error <= |x| 2^-24) into an upper bound: x + |x| 2^-23.
 TAIL_WIDEN = 2.0 ** -23
 
 
@@ -53,7 +53,7 @@ def tail_upper(tail: np.ndarray) -> np.ndarray:
     """Upper bound of the tail mass from float32 log values (rounded to nearest); 0 for -inf."""
     x = tail.astype(np.float64)
     with np.errstate(invalid="ignore"):
-        p = np.exp(x - np.abs(x) * TAIL_WIDEN) * (1.0 + 4e-16)
+        p = np.exp(x + np.abs(x) * TAIL_WIDEN) * (1.0 + 4e-16)
     return np.where(np.isneginf(x), 0.0, np.minimum(p, 1.0))
 
 

@@ -122,7 +122,7 @@ def prob_bounds(lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def tail_upper(tail: np.ndarray) -> np.ndarray:
     x = tail.astype(np.float64)
     with np.errstate(invalid="ignore"):
-        p = np.exp(x - np.abs(x) * TAIL_WIDEN) * (1.0 + 4e-16)
+        p = np.exp(x + np.abs(x) * TAIL_WIDEN) * (1.0 + 4e-16)
     return np.where(np.isneginf(x), 0.0, np.minimum(p, 1.0))
 
 
@@ -244,12 +244,19 @@ def nll_optimum(arr_a, arr_b, iters: int = 200) -> float:
 
 # ---------------------------------------------------------------------------------------------- thresholds
 def exchange_thresholds(arr_a, arr_b, lp_a, lp_b):
-    """Exact ET_T on T and ET_F on F from full distributions (tau = (1 - w) / w); NaN elsewhere."""
+    """Exact ET_T on T and ET_F on F (tau = (1 - w) / w); NaN elsewhere.
+
+    The truth is what the store stands for: a, b from the float32 target_logprob, other classes from the
+    full distributions, rounded to float32 when the store's lists are float32 (taken as exact there).
+    """
+    if arr_a["topk_logprobs"].dtype == np.float32:
+        lp_a, lp_b = (x.astype(np.float32).astype(np.float64) for x in (lp_a, lp_b))
     pa, pb = np.exp(lp_a), np.exp(lp_b)
     t = arr_a["targets"]
     rows = np.arange(len(t))
     code = partition_codes(arr_a, arr_b)
-    qa, qb = pa[rows, t], pb[rows, t]
+    qa = np.exp(arr_a["target_logprob"].astype(np.float64))
+    qb = np.exp(arr_b["target_logprob"].astype(np.float64))
     xa = lp_a.copy()
     xa[rows, t] = -np.inf
     i = xa.argmax(axis=1)
@@ -263,3 +270,6 @@ def exchange_thresholds(arr_a, arr_b, lp_a, lp_b):
         den_f = pb[rows, j] - qb
         et_f = np.where(den_f > 0, (qa - pa[rows, j]) / den_f, np.inf)
     return np.where(code == 1, et_t, np.where(code == 2, et_f, np.nan))
+
+NAMES_ALL = ("targets", "target_logprob", "target_rank", "target_ties", "topk_ids", "topk_logprobs",
+             "tail_logmass", "entropy", "n_chars", "n_bytes", "doc_id")

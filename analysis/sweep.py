@@ -1,0 +1,234 @@
+"""Sweep CLI: every compatible pair of every dataset, in the paper's layout.
+
+    python -m analysis.sweep stores=DIR
+
+Finds the stores under DIR, groups them by token-stream hash, evaluates every pair of different models in
+a group (larger model primary), takes the held-out weight from a validation split of the same two models
+where one exists, and writes to the Hydra run directory (under stores/_runs/analyze/ by default):
+baselines / pairs / skipped (parquet + CSV), sweeps.parquet, and table.md (printed at the end).
+Stores of one dataset split that do not share a token stream are listed as skipped with the reason;
+pairs that differ in context length, stride, dtype or quantisation are flagged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.store import IncompatiblePairError, StoreError, align, find_stores, open_store
+
+from .pair import Pair
+from .table import paper_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnalyzeSettings:
+    stores: Path
+    out_dir: Path
+    n_weights: int = 101
+    metrics: tuple = ("ppl", "bpc", "acc")
+    valid_splits: tuple = ("validation", "valid", "val", "dev")
+    param_count: str = "n_params_nonembed"
+    order: str = "auto"
+    write_sweeps: bool = True
+
+    @classmethod
+    def from_cfg(cls, cfg, out_dir) -> AnalyzeSettings:
+        a = cfg.analysis
+        return cls(stores=Path(str(cfg.stores)), out_dir=Path(out_dir), n_weights=int(a.n_weights),
+                   metrics=tuple(a.metrics), valid_splits=tuple(a.valid_splits), param_count=str(a.param_count),
+                   order=str(a.order), write_sweeps=bool(a.write_sweeps))
+
+
+@dataclass
+class Found:
+    stores: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # dicts: a, b, dataset, split, reason
+
+
+def _model(s) -> str:
+    return str(s.model.get("name", s.path))
+
+
+def _family(s) -> str:
+    return str(s.attrs.get("tokenizer", {}).get("name", "unknown tokenizer"))
+
+
+def discover(root: Path) -> Found:
+    found = Found()
+    for p in find_stores(root):
+        if "_runs" in p.parts:
+            continue
+        try:
+            found.stores.append(open_store(p))
+        except StoreError as e:
+            log.warning("skipping %s: %s", p, e)
+            found.skipped.append({"a": str(p), "b": "", "dataset": "", "split": "", "reason": str(e)})
+    log.info("found %d readable stores under %s", len(found.stores), root)
+    return found
+
+
+def _baseline_row(s, pair_row: dict) -> dict:
+    return {"model": _model(s), "family": _family(s), "n_params": s.model.get("n_params"),
+            "dataset": s.dataset.get("name"), "split": s.dataset.get("split"), "n_positions": s.n,
+            "nll": pair_row["nll"], "ppl": pair_row["ppl"], "bpc": pair_row["bpc"], "bpb": pair_row["bpb"],
+            "acc": pair_row["acc_lo"], "path": str(s.path)}
+
+
+def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
+    found = discover(cfg.stores)
+    groups: dict[str, list] = {}
+    for s in found.stores:
+        groups.setdefault(s.stream_hash, []).append(s)
+    weights = np.linspace(0.0, 1.0, cfg.n_weights)
+    baselines, pairs, sweeps = {}, {}, []
+    for _, members in sorted(groups.items(), key=lambda kv: (kv[1][0].dataset.get("name"), kv[1][0].dataset.get("split"))):
+        for a, b in itertools.combinations(members, 2):
+            if _model(a) == _model(b):
+                continue
+            try:
+                pair = Pair(a, b, order=cfg.order)
+            except IncompatiblePairError as e:
+                found.skipped.append({"a": _model(a), "b": _model(b), "dataset": a.dataset.get("name"),
+                                      "split": a.dataset.get("split"), "reason": str(e)})
+                continue
+            log.info("pair %s on %s/%s", pair, a.dataset.get("name"), a.dataset.get("split"))
+            opt = pair.optimum()
+            key = (pair.names, a.dataset.get("name"), a.dataset.get("split"))
+            for s, row in ((pair.primary, opt.primary), (pair.secondary, opt.secondary)):
+                baselines[(_model(s), s.dataset.get("name"), s.dataset.get("split"))] = _baseline_row(s, row)
+            k = pair.param_ratio(cfg.param_count)
+            pairs[key] = {"pair": pair, "row": {
+                "primary": pair.names[0], "secondary": pair.names[1], "family": _family(pair.primary),
+                "dataset": a.dataset.get("name"), "split": a.dataset.get("split"),
+                "k": k, "k_from": cfg.param_count, "k_sort": k if math.isfinite(k) else math.inf,
+                "flags": pair.alignment.flags,
+                "w_nll": opt.w_nll, "alpha_nll": opt.alpha_nll, "d_nll": opt.d_nll,
+                "w_acc": opt.w_acc, "alpha_acc": opt.alpha_acc, "d_acc": opt.d_acc,
+                "d_acc_disconnected": opt.d_acc_disconnected, "n_acc_intervals": len(opt.acc_intervals),
+                "fused_ppl": opt.at_nll["ppl"], "fused_bpc": opt.at_nll["bpc"], "fused_bpb": opt.at_nll["bpb"],
+                "fused_acc_lo": opt.at_acc["acc_lo"], "fused_acc_hi": opt.at_acc["acc_hi"],
+                **{f"impr_{m}": v for m, v in opt.improvement.items()},
+            }}
+            if cfg.write_sweeps:
+                sweeps.append(pair.sweep(weights).with_columns(
+                    primary=pl.lit(pair.names[0]), secondary=pl.lit(pair.names[1]),
+                    dataset=pl.lit(a.dataset.get("name")), split=pl.lit(a.dataset.get("split"))))
+    _skipped_across_groups(groups, found)
+    _heldout(pairs, cfg)
+    return _write(cfg, baselines, pairs, sweeps, found)
+
+
+def _skipped_across_groups(groups: dict, found: Found) -> None:
+    """Stores of one dataset split in different stream groups: say why they cannot be paired."""
+    heads = list(groups.values())
+    for ga, gb in itertools.combinations(heads, 2):
+        if (ga[0].dataset.get("name"), ga[0].dataset.get("split")) != (gb[0].dataset.get("name"),
+                                                                      gb[0].dataset.get("split")):
+            continue
+        for a in ga:
+            for b in gb:
+                if _model(a) == _model(b):
+                    continue
+                al = align(a, b)
+                f, va, vb = al.differences[0] if al.differences else ("stream_hash", a.stream_hash, b.stream_hash)
+                reason = f"different {f}: {va!r} vs {vb!r}" + (
+                    " (different tokenizer)" if f.startswith("tokenizer") else
+                    " (different text or protocol)")
+                found.skipped.append({"a": _model(a), "b": _model(b), "dataset": a.dataset.get("name"),
+                                      "split": a.dataset.get("split"), "reason": reason})
+
+
+def _heldout(pairs: dict, cfg: AnalyzeSettings) -> None:
+    for (names, dataset, split), entry in pairs.items():
+        row = entry["row"]
+        if split in cfg.valid_splits:
+            continue
+        valid = next((pairs[(names, dataset, vs)] for vs in cfg.valid_splits if (names, dataset, vs) in pairs), None)
+        if valid is None:
+            continue
+        h = entry["pair"].heldout(valid["pair"])
+        row.update({"heldout_split": valid["row"]["split"], "heldout_w_nll": h.w_nll, "heldout_alpha_nll": h.alpha_nll,
+                    "heldout_w_acc": h.w_acc, "heldout_alpha_acc": h.alpha_acc,
+                    **{f"heldout_impr_{m}": v for m, v in h.improvement.items()}})
+
+
+def _write(cfg, baselines, pairs, sweeps, found) -> dict[str, pl.DataFrame]:
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    base = pl.DataFrame(list(baselines.values())) if baselines else pl.DataFrame(
+        schema={"model": pl.Utf8, "family": pl.Utf8, "n_params": pl.Int64, "dataset": pl.Utf8, "split": pl.Utf8})
+    prs = pl.DataFrame([e["row"] for e in pairs.values()], infer_schema_length=None) if pairs else pl.DataFrame(
+        schema={"primary": pl.Utf8, "secondary": pl.Utf8, "family": pl.Utf8, "dataset": pl.Utf8,
+                "split": pl.Utf8, "k_sort": pl.Float64, "flags": pl.Utf8})
+    skipped = pl.DataFrame(found.skipped, schema={"a": pl.Utf8, "b": pl.Utf8, "dataset": pl.Utf8,
+                                                  "split": pl.Utf8, "reason": pl.Utf8})
+    frames = {"baselines": base, "pairs": prs, "skipped": skipped}
+    for name, df in frames.items():
+        df.write_parquet(out / f"{name}.parquet")
+        df.write_csv(out / f"{name}.csv")
+    if sweeps:
+        sw = pl.concat(sweeps)
+        sw.write_parquet(out / "sweeps.parquet")
+        frames["sweeps"] = sw
+    (out / "table.md").write_text(render(frames, cfg))
+    log.info("wrote %s", out)
+    return frames
+
+
+def render(frames: dict, cfg: AnalyzeSettings) -> str:
+    base, prs, skipped = frames["baselines"], frames["pairs"], frames["skipped"]
+    parts = ["# Accept-Reject fusion: single models and relative improvement of each pair", ""]
+    table_splits = lambda df: df.filter(~pl.col("split").is_in(list(cfg.valid_splits))) if df.height else df  # noqa: E731
+    families = sorted(set(base["family"].to_list())) if base.height else []
+    for fam in families:
+        b = table_splits(base.filter(pl.col("family") == fam))
+        p = table_splits(prs.filter(pl.col("family") == fam)) if prs.height else prs
+        parts.append(paper_table(b, p, list(cfg.metrics), family=fam))
+    if prs.height:
+        cols = [c for c in ("primary", "secondary", "dataset", "split", "k", "alpha_nll", "d_nll", "alpha_acc",
+                            "d_acc", "d_acc_disconnected", "heldout_alpha_nll", "flags") if c in prs.columns]
+        parts += ["## Optimal weight ratios (beta = w / (1 - w); inf = primary alone)", "",
+                  _markdown(prs.select(cols)), ""]
+    if not families:
+        parts.append("No pairs: fewer than two compatible stores found.\n")
+    if skipped.height:
+        parts += ["## Skipped", "", _markdown(skipped), ""]
+    return "\n".join(parts)
+
+
+def _markdown(df: pl.DataFrame) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return "inf" if v == math.inf else f"{v:.4g}"
+        return "" if v is None else str(v)
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.iter_rows()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"),
+                config_name="analyze")
+    def _main(cfg) -> None:
+        settings = AnalyzeSettings.from_cfg(cfg, HydraConfig.get().runtime.output_dir)
+        frames = run(settings)
+        print((settings.out_dir / "table.md").read_text())  # the CLI's one print: the final table
+        log.info("%d pairs, %d skipped", frames["pairs"].height, frames["skipped"].height)
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()
