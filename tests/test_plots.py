@@ -1,0 +1,60 @@
+"""Curves from sweeps, and the draw-only plots (written to PNG and read back)."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from analysis import Pair, relative_improvement
+from analysis.curves import log_beta_grid, relative_improvement_curve
+from analysis.errors import AnalysisError
+from pipeline.store.synthetic import random_distributions, write_store_from_logprobs
+
+plots = pytest.importorskip("analysis.plots")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pair")
+    targets, (la, lb) = random_distributions(400, 30, np.random.default_rng(3), noise=(0.8, 1.5))
+    a = write_store_from_logprobs(d / "a.zarr", la, targets, 8, model="A", n_params=2_000_000)
+    b = write_store_from_logprobs(d / "b.zarr", lb, targets, 8, model="B", n_params=500_000)
+    return Pair(a, b)
+
+
+def test_log_beta_grid_has_single_models_and_log_spaced_betas():
+    w = log_beta_grid(5, 1e-2, 1e2)
+    assert w[0] == 0.0 and w[-1] == 1.0
+    betas = w[1:-1] / (1 - w[1:-1])
+    np.testing.assert_allclose(np.log10(betas), [-2, -1, 0, 1, 2], atol=1e-12)
+
+
+def test_relative_improvement_curve_matches_paper_formula(pair):
+    curve = relative_improvement_curve(pair.sweep(log_beta_grid(21)))
+    a = curve.filter(pl.col("w") == 1.0).row(0, named=True)
+    b = curve.filter(pl.col("w") == 0.0).row(0, named=True)
+    for row in curve.iter_rows(named=True):
+        want = relative_improvement(row, a, b)
+        for m in ("ppl", "bpc", "acc_lo"):
+            assert row[f"rel_{m}"] == pytest.approx(want[m], nan_ok=True)
+    # the better single model sits at 0, the worse below it
+    assert max(a["rel_ppl"], b["rel_ppl"]) == pytest.approx(0.0)
+    assert min(a["rel_ppl"], b["rel_ppl"]) < 0
+    with pytest.raises(AnalysisError, match="w = 0 and w = 1"):
+        relative_improvement_curve(pair.sweep(np.linspace(0.1, 0.9, 5)))
+
+
+def test_plots_write_pngs(pair, tmp_path):
+    from matplotlib.image import imread
+
+    curve = relative_improvement_curve(pair.sweep(log_beta_grid(31)))
+    table = pl.DataFrame({"k": [2.0, 4.0, 8.0, 3.0], "alpha_nll": [1.0, 2.5, 4.0, np.inf],
+                          "alpha_acc": [0.5, 1.0, 3.0, 0.0]})
+    files = [
+        plots.save(plots.improvement_vs_beta({"A+B": curve}, "ppl"), tmp_path / "rel.png"),
+        plots.save(plots.alpha_vs_k(table), tmp_path / "law.png"),
+        plots.save(plots.partition_flips(curve), tmp_path / "tfn.png"),
+    ]
+    for f in files:
+        img = imread(f)
+        assert img.shape[0] > 100 and img.shape[1] > 100
+        assert img[..., :3].std() > 0.01  # something was drawn
