@@ -102,9 +102,10 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
                 continue
             log.info("pair %s on %s/%s", pair, a.dataset.get("name"), a.dataset.get("split"))
             opt = pair.optimum()
-            key = (pair.names, a.dataset.get("name"), a.dataset.get("split"))
+            key = (pair.names, _family(a), a.dataset.get("name"), a.dataset.get("split"))
             for s, row in ((pair.primary, opt.primary), (pair.secondary, opt.secondary)):
-                baselines[(_model(s), s.dataset.get("name"), s.dataset.get("split"))] = _baseline_row(s, row)
+                baselines[(_model(s), _family(s), s.dataset.get("name"), s.dataset.get("split"))] = \
+                    _baseline_row(s, row)
             k = pair.param_ratio(cfg.param_count)
             pairs[key] = {"pair": pair, "row": {
                 "primary": pair.names[0], "secondary": pair.names[1], "family": _family(pair.primary),
@@ -148,11 +149,12 @@ def _skipped_across_groups(groups: dict, found: Found) -> None:
 
 
 def _heldout(pairs: dict, cfg: AnalyzeSettings) -> None:
-    for (names, dataset, split), entry in pairs.items():
+    for (names, family, dataset, split), entry in pairs.items():
         row = entry["row"]
         if split in cfg.valid_splits:
             continue
-        valid = next((pairs[(names, dataset, vs)] for vs in cfg.valid_splits if (names, dataset, vs) in pairs), None)
+        valid = next((pairs[(names, family, dataset, vs)] for vs in cfg.valid_splits
+                      if (names, family, dataset, vs) in pairs), None)
         if valid is None:
             continue
         h = entry["pair"].heldout(valid["pair"])

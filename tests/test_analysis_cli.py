@@ -1,0 +1,56 @@
+"""The sweep CLI: discovery, grouping by token stream, skipped and flagged pairs, held-out weights, outputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import polars as pl
+import reference as ref
+from test_analysis_pair import _write_family
+
+from analysis.sweep import AnalyzeSettings, run
+
+
+def _stores(root):
+    _write_family(root, seed=0, split="test", dataset="wiki")
+    _write_family(root, seed=1, split="validation", dataset="wiki")
+    _write_family(root, seed=2, split="test", dataset="text8", n=200)
+    # same dataset split, another tokenizer: never paired, listed as skipped
+    _write_family(root / "other", seed=3, split="test", dataset="wiki", tokenizer="other-vocab", n=120)
+
+
+def test_run_writes_paper_table_and_frames(tmp_path):
+    _stores(tmp_path / "stores")
+    out = tmp_path / "run"
+    frames = run(AnalyzeSettings(stores=tmp_path / "stores", out_dir=out, n_weights=11))
+    for name in ("baselines", "pairs", "skipped"):
+        assert (out / f"{name}.parquet").is_file() and (out / f"{name}.csv").is_file()
+    pairs = frames["pairs"]
+    # 3 models -> 3 pairs per group; groups: wiki/test, wiki/validation, text8/test, other-vocab wiki/test
+    assert pairs.height == 12
+    assert set(zip(pairs["primary"], pairs["secondary"])) == {("big", "mid"), ("big", "small"), ("mid", "small")}
+    wiki = pairs.filter((pl.col("dataset") == "wiki") & (pl.col("split") == "test") & (pl.col("family") == "synthetic-vocab"))
+    assert wiki["heldout_w_nll"].is_not_null().all()  # validation split of the same models exists
+    assert pairs.filter(pl.col("dataset") == "text8")["heldout_w_nll"].is_null().all()
+    flagged = pairs.filter(pl.col("secondary") == "small")["flags"].to_list()
+    assert all("protocol.context_length" in f for f in flagged)
+    skipped = frames["skipped"]
+    assert skipped.height == 6 and skipped["reason"].str.contains("tokenizer").all()
+    table = (out / "table.md").read_text()
+    assert "Improvement relative to the best single model (%), in-sample" in table
+    assert "held-out" in table and "wiki PPL ↓" in table and "text8 ACC ↑ (%)" in table
+    assert "| big † | small |" in table
+    assert frames["sweeps"].height == 12 * 11
+
+
+def test_cli_entry_point(tmp_path):
+    _write_family(tmp_path / "stores", seed=0, split="test", n=100)
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "analysis.sweep", f"stores={tmp_path / 'stores'}",
+                           f"paths.runs={runs}", "analysis.n_weights=5"],
+                          cwd=ref._ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| LLM | SLM |" in proc.stdout
+    tables = list(runs.glob("analyze/*/table.md"))
+    assert len(tables) == 1
