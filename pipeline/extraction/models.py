@@ -111,7 +111,14 @@ def dequantised_gguf(directory: Path, gguf_file: str, cache_dir: Path) -> tuple[
     tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(cache_dir)  # safetensors
+    # transformers marks GGUF-loaded models as quantised and refuses to save them: copy the
+    # dequantised float32 weights into a plain model of the same config and save that (safetensors)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.save_pretrained(cache_dir)
     tok.save_pretrained(cache_dir)
     meta = {"gguf_file": gguf_file, "gguf_sha256": digest, "gguf_quantization": gguf_file.rsplit(".", 2)[-2]}
     marker.write_text(json.dumps(meta))
