@@ -60,14 +60,6 @@ def _bounds(s, k, bits, f32, is16, lut_lo, lut_hi):
 
 
 @njit(cache=True, nogil=True)
-def _is_nan_entry(s, k, bits, f32, is16):
-    if is16:
-        return (bits[s, k] & 0x7FFF) > 0x7C00
-    x = f32[s, k]
-    return x != x
-
-
-@njit(cache=True, nogil=True)
 def _tail_upper(tail, widen):
     """Upper bound of the tail mass from a float32 log value rounded to nearest."""
     x = np.float64(tail)
@@ -77,6 +69,19 @@ def _tail_upper(tail, widen):
     return p if p < 1.0 else 1.0
 
 
+@njit(cache=True, nogil=True)
+def _count_nan(s, k_n, bits, f32, is16):
+    """Entries of row s that are NaN (branch-free so that it vectorises)."""
+    c = 0
+    if is16:
+        for k in range(k_n):
+            c += (bits[s, k] & 0x7FFF) > 0x7C00
+    else:
+        for k in range(k_n):
+            c += f32[s, k] != f32[s, k]
+    return c
+
+
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
                  lpt_a, rank_a, ties_a, ids_a, bits_a, f32_a, is16_a, tail_a, ncls_a,
@@ -84,45 +89,62 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
                  a_out, b_out, code_out, l1_out, u1_out, l2_out, u2_out):
     """Phase 1: per position, a, b, code = 2 [A right] + [B right], certified (L1, U1), possible (L2, U2).
 
-    Single-model correctness is strict: right iff target_rank == 0 and target_ties == 0. For a class in a
-    model's list its probability is bounded by `_bounds`; for a class outside the list by
-    u = min(hi of the K-th entry, tail upper bound (- a when the target is outside the list)), or 0 when
-    its id is beyond the model's width; every class outside both lists by w uA + (1 - w) uB.
+    Single-model correctness is strict: right iff target_rank == 0 and target_ties == 0. A class in a
+    model's list has the bounds of `_bounds`; a class outside it is in [0, u] with
+    u = min(hi of the K-th entry, tail upper bound (- a when the target is outside the list)), or is 0
+    when its id is beyond the model's width; every class outside both lists is bounded by (uA, uB).
+
+    Pruning (exact: only dominated lines are skipped): a competitor constrains w only if one of its upper
+    bounds reaches the target's probability. Lists are sorted, so those are the prefixes of A's list with
+    hiA >= a and of B's list with hiB >= b. Beyond its prefix, an entry of A's list not in B's has the line
+    (hiA, uB), which matters only if uB >= b, and then the first such entry dominates the rest (likewise
+    for B). Membership is looked up in per-thread maps id -> s * M + index, valid when >= s * M.
     Returns (n_nan, first position whose targets differ or -1, n_bad_ids).
     """
     n = targets.shape[0]
     ka = ids_a.shape[1]
     kb = ids_b.shape[1]
+    mult = max(ka, kb) + 1
     n_pieces = max(1, min(64, (n + BLOCK - 1) // BLOCK))
     piece = (n + n_pieces - 1) // n_pieces
     nan_counts = np.zeros(n_pieces, np.int64)
     bad_counts = np.zeros(n_pieces, np.int64)
     mismatch = np.full(n_pieces, -1, np.int64)
     for p in prange(n_pieces):
-        where = np.full(n_vocab, -1, np.int32)  # id -> index in B's list at this position (-2: matched)
+        map_a = np.full(n_vocab, -1, np.int64)
+        map_b = np.full(n_vocab, -1, np.int64)
         for s in range(p * piece, min(n, (p + 1) * piece)):
             t = targets[s]
+            base = np.int64(s) * mult
             if targets_b[s] != t and mismatch[p] < 0:
                 mismatch[p] = s
             la = np.float64(lpt_a[s])
             lb = np.float64(lpt_b[s])
-            bad = la != la or lb != lb or tail_a[s] != tail_a[s] or tail_b[s] != tail_b[s]
-            for k in range(ka):
-                bad = bad or _is_nan_entry(s, k, bits_a, f32_a, is16_a)
-            for k in range(kb):
-                bad = bad or _is_nan_entry(s, k, bits_b, f32_b, is16_b)
-            ids_ok = True
-            for k in range(ka):
-                if ids_a[s, k] < 0 or ids_a[s, k] >= n_vocab:
-                    ids_ok = False
-            for k in range(kb):
-                if ids_b[s, k] < 0 or ids_b[s, k] >= n_vocab:
-                    ids_ok = False
             a = math.exp(la)
             b = math.exp(lb)
             a_out[s] = a
             b_out[s] = b
             code_out[s] = 2 * (rank_a[s] == 0 and ties_a[s] == 0) + (rank_b[s] == 0 and ties_b[s] == 0)
+            n_nan = _count_nan(s, ka, bits_a, f32_a, is16_a) + _count_nan(s, kb, bits_b, f32_b, is16_b)
+            bad = n_nan > 0 or la != la or lb != lb or tail_a[s] != tail_a[s] or tail_b[s] != tail_b[s]
+            ids_ok = True
+            t_in_a = False
+            for k in range(ka):
+                j = ids_a[s, k]
+                if j < 0 or j >= n_vocab:
+                    ids_ok = False
+                    break
+                map_a[j] = base + k
+                t_in_a = t_in_a or j == t
+            t_in_b = False
+            if ids_ok:
+                for k in range(kb):
+                    j = ids_b[s, k]
+                    if j < 0 or j >= n_vocab:
+                        ids_ok = False
+                        break
+                    map_b[j] = base + k
+                    t_in_b = t_in_b or j == t
             if bad or not ids_ok:
                 nan_counts[p] += bad
                 bad_counts[p] += not ids_ok
@@ -131,61 +153,87 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
                 l2_out[s] = EMPTY_L
                 u2_out[s] = EMPTY_U
                 continue
-            # B's list into the scratch map; bound for classes outside B's list.
-            t_in_b = False
-            for k in range(kb):
-                j = ids_b[s, k]
-                where[j] = k
-                if j == t:
-                    t_in_b = True
-            lo_k, hi_k = _bounds(s, kb - 1, bits_b, f32_b, is16_b, lut_lo, lut_hi)
-            ub = _tail_upper(tail_b[s], widen)
-            if not t_in_b:
-                ub = max(ub - b, 0.0)
-            ub = min(ub, hi_k)
-            # A's list: competitors in A's list (and maybe in B's).
-            l1 = -1.0
-            u1 = 2.0
-            l2 = -1.0
-            u2 = 2.0
-            n_union = kb
-            t_in_a = False
-            for k in range(ka):
-                j = ids_a[s, k]
-                kk = where[j]
-                if kk < 0:
-                    n_union += 1
-                if j == t:
-                    t_in_a = True
-                    continue
-                lo_a, hi_a = _bounds(s, k, bits_a, f32_a, is16_a, lut_lo, lut_hi)
-                if kk >= 0:
-                    lo_b, hi_b = _bounds(s, kk, bits_b, f32_b, is16_b, lut_lo, lut_hi)
-                    where[j] = -2
-                else:
-                    lo_b = 0.0
-                    hi_b = ub if j < ncls_b else 0.0
-                l1, u1 = _tighten(a - hi_a, b - hi_b, l1, u1)
-                l2, u2 = _tighten(a - lo_a, b - lo_b, l2, u2)
             lo_k, hi_k = _bounds(s, ka - 1, bits_a, f32_a, is16_a, lut_lo, lut_hi)
             ua = _tail_upper(tail_a[s], widen)
             if not t_in_a:
                 ua = max(ua - a, 0.0)
             ua = min(ua, hi_k)
-            # Competitors only in B's list; reset the scratch map as we go.
-            for k in range(kb):
-                j = ids_b[s, k]
-                matched = where[j] == -2
-                where[j] = -1
-                if matched or j == t:
+            lo_k, hi_k = _bounds(s, kb - 1, bits_b, f32_b, is16_b, lut_lo, lut_hi)
+            ub = _tail_upper(tail_b[s], widen)
+            if not t_in_b:
+                ub = max(ub - b, 0.0)
+            ub = min(ub, hi_k)
+            l1 = -1.0
+            u1 = 2.0
+            l2 = -1.0
+            u2 = 2.0
+            # A's prefix (hiA >= a), with B's bounds of each id.
+            pa = 0
+            for k in range(ka):
+                lo_a, hi_a = _bounds(s, k, bits_a, f32_a, is16_a, lut_lo, lut_hi)
+                if hi_a < a:
+                    break
+                pa = k + 1
+                j = ids_a[s, k]
+                if j == t:
                     continue
-                lo_b, hi_b = _bounds(s, k, bits_b, f32_b, is16_b, lut_lo, lut_hi)
-                hi_a = ua if j < ncls_a else 0.0
+                m = map_b[j]
+                if m >= base:
+                    lo_b, hi_b = _bounds(s, m - base, bits_b, f32_b, is16_b, lut_lo, lut_hi)
+                else:
+                    lo_b = 0.0
+                    hi_b = ub if j < ncls_b else 0.0
                 l1, u1 = _tighten(a - hi_a, b - hi_b, l1, u1)
-                l2, u2 = _tighten(a, b - lo_b, l2, u2)
+                l2, u2 = _tighten(a - lo_a, b - lo_b, l2, u2)
+            # Beyond it: the first entry of A's list outside B's list, if uB can reach b.
+            if ub >= b:
+                for k in range(pa, ka):
+                    j = ids_a[s, k]
+                    if j == t or j >= ncls_b or map_b[j] >= base:
+                        continue
+                    lo_a, hi_a = _bounds(s, k, bits_a, f32_a, is16_a, lut_lo, lut_hi)
+                    l1, u1 = _tighten(a - hi_a, b - ub, l1, u1)
+                    l2, u2 = _tighten(a - lo_a, b, l2, u2)
+                    break
+            # B's prefix (hiB >= b), skipping ids already done in A's prefix.
+            pb = 0
+            for k in range(kb):
+                lo_b, hi_b = _bounds(s, k, bits_b, f32_b, is16_b, lut_lo, lut_hi)
+                if hi_b < b:
+                    break
+                pb = k + 1
+                j = ids_b[s, k]
+                if j == t:
+                    continue
+                m = map_a[j]
+                if m >= base:
+                    if m - base < pa:
+                        continue
+                    lo_a, hi_a = _bounds(s, m - base, bits_a, f32_a, is16_a, lut_lo, lut_hi)
+                else:
+                    lo_a = 0.0
+                    hi_a = ua if j < ncls_a else 0.0
+                l1, u1 = _tighten(a - hi_a, b - hi_b, l1, u1)
+                l2, u2 = _tighten(a - lo_a, b - lo_b, l2, u2)
+            if ua >= a:
+                for k in range(pb, kb):
+                    j = ids_b[s, k]
+                    if j == t or j >= ncls_a or map_a[j] >= base:
+                        continue
+                    lo_b, hi_b = _bounds(s, k, bits_b, f32_b, is16_b, lut_lo, lut_hi)
+                    l1, u1 = _tighten(a - ua, b - hi_b, l1, u1)
+                    l2, u2 = _tighten(a, b - lo_b, l2, u2)
+                    break
             # Classes outside both lists (other than t), if any exist.
-            n_known = n_union + (0 if (t_in_a or t_in_b or t >= n_vocab) else 1)
-            if n_vocab > n_known:
+            outside = n_vocab > ka + kb + 1
+            if not outside:
+                n_union = kb
+                for k in range(ka):
+                    if map_b[ids_a[s, k]] < base:
+                        n_union += 1
+                n_known = n_union + (0 if (t_in_a or t_in_b or t >= n_vocab) else 1)
+                outside = n_vocab > n_known
+            if outside:
                 l1, u1 = _tighten(a - ua, b - ub, l1, u1)
                 l2, u2 = _tighten(a, b, l2, u2)
             if l1 >= u1:
