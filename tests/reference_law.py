@@ -72,3 +72,48 @@ def percentile_ci(x: np.ndarray, level: float) -> tuple[float, float]:
         k = max(1, int(math.ceil(q * r - 1e-12)))
         out.append(float(x[k - 1]))
     return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------- AR-law fit
+def power_fit(x, y) -> dict:
+    """Least squares of log y on log x via numpy.polyfit (finite positive y only), with se and R^2."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(y) & (y > 0)
+    lx, ly = np.log(x[ok]), np.log(y[ok])
+    (p, icpt), res, *_ = np.polyfit(lx, ly, 1, full=True)
+    pred = icpt + p * lx
+    ssr = float(np.sum((ly - pred) ** 2))
+    sst = float(np.sum((ly - ly.mean()) ** 2))
+    n = len(lx)
+    se = math.sqrt(ssr / (n - 2) / np.sum((lx - lx.mean()) ** 2)) if n >= 3 else math.nan
+    return {"p": float(p), "c": math.exp(icpt), "r2": 1 - ssr / sst if sst > 0 else math.nan, "p_se": se,
+            "n_points": n}
+
+
+# ---------------------------------------------------------------------------------------------- RBP
+def true_fused_counts(lp_a, lp_b, targets, w) -> np.ndarray:
+    """#{j != t : f_w(j) >= f_w(t)} from the full distributions."""
+    f = w * np.exp(lp_a) + (1 - w) * np.exp(lp_b)
+    rows = np.arange(len(targets))
+    ft = f[rows, targets]
+    return (f >= ft[:, None]).sum(axis=1) - 1
+
+
+def fused_count_bounds(arr_a, arr_b, ncls_a, ncls_b, w):
+    """(c_lo, c_hi, cap) from the stored arrays by brute force over `reference.candidates`."""
+    a, b, lo_A, hi_A, lo_B, hi_B, valid = ref.candidates(arr_a, arr_b, ncls_a, ncls_b)
+    ft = w * a + (1 - w) * b
+    lo = w * lo_A + (1 - w) * lo_B
+    hi = w * hi_A + (1 - w) * hi_B
+    listed = valid[:, :-1]
+    c_lo = (listed & (lo[:, :-1] >= ft[:, None])).sum(axis=1)
+    c_hi = (listed & (hi[:, :-1] >= ft[:, None])).sum(axis=1)
+    n_vocab = max(ncls_a, ncls_b)
+    t = arr_a["targets"]
+    n_out = np.zeros(len(t), np.int64)
+    for s in range(len(t)):
+        known = set(arr_a["topk_ids"][s].tolist()) | set(arr_b["topk_ids"][s].tolist()) | {int(t[s])}
+        n_out[s] = max(0, n_vocab - len(known))
+    c_hi = c_hi + np.where(hi[:, -1] >= ft, n_out, 0)
+    cap = (arr_a["target_rank"].astype(np.int64) + arr_a["target_ties"] + arr_b["target_rank"] + arr_b["target_ties"])
+    return c_lo, c_hi, cap
