@@ -117,3 +117,63 @@ def fused_count_bounds(arr_a, arr_b, ncls_a, ncls_b, w):
     c_hi = c_hi + np.where(hi[:, -1] >= ft, n_out, 0)
     cap = (arr_a["target_rank"].astype(np.int64) + arr_a["target_ties"] + arr_b["target_rank"] + arr_b["target_ties"])
     return c_lo, c_hi, cap
+
+
+# ---------------------------------------------------------------------------------------------- multi-model
+def memory_family(seed: int, n: int = 300, vocab: int = 12, k: int = 4, n_models: int = 3,
+                  logprob_dtype: str = "float16", params=None):
+    """n_models MemoryStores of one random token stream (largest first), plus the full log-probs."""
+    from analysis.data import MemoryStore
+
+    rng = np.random.default_rng(seed)
+    noise = tuple(0.5 + 0.5 * i for i in range(n_models))
+    targets, lps = ref.random_distributions(n, vocab, rng, n_models=n_models, noise=noise)
+    n_chars = np.random.default_rng(seed + 1).integers(1, 6, n)
+    params = params or [10 ** (9 - i) for i in range(n_models)]
+    stores = [MemoryStore(ref.arrays_from_logprobs(lp, targets, k, logprob_dtype, n_chars=n_chars, n_bytes=n_chars),
+                          n_classes=vocab, attrs=ref.synthetic_attrs(f"m{i}", n_params=params[i]))
+              for i, lp in enumerate(lps)]
+    return stores, lps, targets
+
+
+def simplex_grid(m: int, step: float) -> np.ndarray:
+    """Every point of the m-simplex on a grid of the given step."""
+    q = int(round(1 / step))
+    pts = [c for c in itertools.product(range(q + 1), repeat=m - 1) if sum(c) <= q]
+    return np.array([[*c, q - sum(c)] for c in pts], dtype=np.float64) / q
+
+
+def multi_right(arrays: list, ncls: list, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Certified / possible fused correctness by brute force: per position, every class of the vocabulary
+    gets [lo, hi] from each model (listed: storage bounds; unlisted: [0, u] or 0 beyond the width)."""
+    w = np.asarray(weights, float)
+    n = len(arrays[0]["targets"])
+    n_vocab = max(ncls)
+    cert = np.zeros(n, bool)
+    poss = np.zeros(n, bool)
+    nz = np.flatnonzero(w > 0)
+    if nz.size == 1:
+        r = ref.single_right(arrays[nz[0]])
+        return r.copy(), r.copy()
+    for s in range(n):
+        t = int(arrays[0]["targets"][s])
+        ft = sum(w[i] * math.exp(float(arr["target_logprob"][s])) for i, arr in enumerate(arrays))
+        lo = np.zeros(n_vocab)
+        hi = np.zeros(n_vocab)
+        listed_any = np.zeros(n_vocab, bool)
+        for i, arr in enumerate(arrays):
+            p_t = math.exp(float(arr["target_logprob"][s]))
+            u = ref.outside_bound({k: v[s:s + 1] for k, v in arr.items()}, np.array([p_t]))[0]
+            l_, h_ = ref.prob_bounds(arr["topk_logprobs"][s])
+            li = np.zeros(n_vocab)
+            hi_i = np.where(np.arange(n_vocab) < ncls[i], u, 0.0)
+            for kk, j in enumerate(arr["topk_ids"][s]):
+                li[j], hi_i[j] = l_[kk], h_[kk]
+                listed_any[j] = True
+            lo += w[i] * li
+            hi += w[i] * hi_i
+        others = np.arange(n_vocab) != t
+        cert[s] = ft > hi[others].max() if others.any() else True
+        lo_known = np.where(listed_any, lo, 0.0)
+        poss[s] = ft > lo_known[others].max() if others.any() else True
+    return cert, poss
