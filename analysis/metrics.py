@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from . import kernels
-from .data import NRR, NWW, PairData, F, T
+from .data import NRR, NWW, F, PairData, T
 from .errors import AnalysisError, WeightError
 
 LN2 = math.log(2.0)

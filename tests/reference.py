@@ -24,7 +24,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from pipeline.store.synthetic import arrays_from_logprobs, random_distributions, synthetic_attrs  # noqa: F401
+from pipeline.store.synthetic import arrays_from_logprobs, random_distributions, synthetic_attrs  # noqa: E402, F401
 
 TAIL_WIDEN = 2.0 ** -23
 
@@ -67,13 +67,25 @@ def memory_pair(seed: int, *, chunk_size: int = 65536, **kw):
 
 
 # ---------------------------------------------------------------------------------------------- truth
-def truth_right(lp_a, lp_b, targets, weights) -> np.ndarray:
-    """(N, W) bool: is the fused model strictly right at each weight (from full distributions)?"""
+def truth_right(lp_a, lp_b, targets, weights, arr_a=None, arr_b=None) -> np.ndarray:
+    """(N, W) bool: is the fused model strictly right at each weight (from full distributions)?
+
+    The truth a store stands for is the model's float32 distribution (DESIGN.md: float32 values are
+    exact), so log-probs are rounded to float32 first; at w = 1 / w = 0 the fusion is the single model,
+    right iff its logits put the target strictly first (the store's rank and ties, when given).
+    """
     n = len(targets)
     rows = np.arange(n)
+    lp_a, lp_b = (x.astype(np.float32).astype(np.float64) for x in (lp_a, lp_b))
     pa, pb = np.exp(lp_a), np.exp(lp_b)
     out = np.zeros((n, len(weights)), bool)
     for i, w in enumerate(weights):
+        if w == 1.0 and arr_a is not None:
+            out[:, i] = single_right(arr_a)
+            continue
+        if w == 0.0 and arr_b is not None:
+            out[:, i] = single_right(arr_b)
+            continue
         if w == 1.0:
             sc = lp_a
         elif w == 0.0:

@@ -59,7 +59,7 @@ def test_sweep_matches_reference_and_contains_truth(case):
     np.testing.assert_array_equal(frame["n_right_lo"].to_numpy(), lo.sum(axis=0))
     np.testing.assert_array_equal(frame["n_right_hi"].to_numpy(), hi.sum(axis=0))
     np.testing.assert_allclose(frame["nll_sum"].to_numpy(), ref.nll_sums(sa.arrays, sb.arrays, GRID), rtol=1e-12)
-    truth = ref.truth_right(lp_a, lp_b, t, GRID)
+    truth = ref.truth_right(lp_a, lp_b, t, GRID, sa.arrays, sb.arrays)
     assert (lo <= truth).all() and (truth <= hi).all(), "certified bounds must contain the truth"
     # per-partition counts
     code = ref.partition_codes(sa.arrays, sb.arrays)
@@ -188,7 +188,7 @@ def test_narrower_secondary_and_fusion_fixing_both_wrong():
     lo, hi = ref.certified_right(sa.arrays, sb.arrays, 16, 10, GRID)
     frame = sweep_frame(data, GRID)
     np.testing.assert_array_equal(frame["n_right_lo"].to_numpy(), lo.sum(axis=0))
-    truth = ref.truth_right(lp_a, lp_b, t, GRID)
+    truth = ref.truth_right(lp_a, lp_b, t, GRID, sa.arrays, sb.arrays)
     assert (lo <= truth).all() and (truth <= hi).all()
     # DESIGN's example: A = {i: .5, t: .4, j: .1}, B = {j: .5, t: .4, i: .1}: both wrong, fusion right at .5
     lp = np.log(np.array([[0.5, 0.4, 0.1], [0.1, 0.4, 0.5]]))

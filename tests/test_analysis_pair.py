@@ -143,13 +143,13 @@ def test_nan_in_a_store_is_a_typed_error():
     arr["topk_logprobs"] = lp
     bad = MemoryStore(arr, n_classes=sb.n_classes, attrs=sb.attrs)
     with pytest.raises(NonFiniteStoreError, match="position 17") as e:
-        Pair(sa, bad).data
+        _ = Pair(sa, bad).data
     assert isinstance(e.value, StoreError)
     arr = dict(sa.arrays)
     arr["target_logprob"] = arr["target_logprob"].copy()
     arr["target_logprob"][3] = np.nan
     with pytest.raises(NonFiniteStoreError, match="target_logprob is NaN at position 3"):
-        Pair(MemoryStore(arr, n_classes=sa.n_classes, attrs=sa.attrs), sb).data
+        _ = Pair(MemoryStore(arr, n_classes=sa.n_classes, attrs=sa.attrs), sb).data
 
 
 def test_target_mismatch_is_a_typed_error():
@@ -158,7 +158,7 @@ def test_target_mismatch_is_a_typed_error():
     arr["targets"] = arr["targets"].copy()
     arr["targets"][9] = (arr["targets"][9] + 1) % sb.n_classes
     with pytest.raises(TargetMismatchError, match="position 9"):
-        Pair(sa, MemoryStore(arr, n_classes=sb.n_classes, attrs=sb.attrs)).data
+        _ = Pair(sa, MemoryStore(arr, n_classes=sb.n_classes, attrs=sb.attrs)).data
 
 
 @pytest.mark.parametrize("weights, match", [([], "non-empty"), ([0.5, 1.2], "1.2"), ([-0.1], "-0.1"),

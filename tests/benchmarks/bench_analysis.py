@@ -29,8 +29,8 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
-
 import reference as ref  # noqa: E402
+
 from analysis import MemoryStore, Pair  # noqa: E402
 from analysis.data import PairData  # noqa: E402
 from analysis.metrics import sweep_frame  # noqa: E402
