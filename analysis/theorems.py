@@ -16,8 +16,10 @@ bounds, so membership is counted certified (|A|_lo: true for every value within 
 (|A|_hi). R = members of A certified right at the ACC-optimal weight; the bound |R| / |S| (theorem A.2.6) is
 reported beside the achieved ACC gain [acc_lo - acc_A, acc_hi - acc_A] at that weight.
 
-Theorem A.2.5: condition (1) = some position with A wrong and qB(t) > qB(i_s) (counted certified / possible);
-its conclusion = strict improvement: max over w < 1 of acc_lo(w) > ACC_A (certified; acc_hi: possible).
+Theorem A.2.5: condition (1) = some position with A wrong and qB(t) > qB(i_s) (counted certified / possible,
+on T); its premise for strict improvement = some member of A (certified) with the strict exchange condition at
+some w (a non-empty certified-right interval); its conclusion = max over w < 1 of acc_lo(w) > ACC_A (certified;
+acc_hi: possible). ``A25_consistent`` is False only when the premise holds and not even acc_hi improves.
 Theorem A.2.7: ACC unimodal in beta. Checked on the exact step function acc_lo(w) (and acc_hi) over its open
 pieces and the endpoints w = 0, 1 (isolated interval ends are measure-zero and skipped): the dip
 max_i [min(max_{j<=i} c_j, max_{j>=i} c_j) - c_i] is 0 iff unimodal; n_peaks counts strict local maxima runs.
@@ -129,7 +131,7 @@ def stratified_sets(pair) -> dict[str, np.ndarray]:
     right_hi = (data.l2 < w) & (w < data.u2) if w < 1.0 else data.code >= 2
     return {"A_lo": a_cert, "A_hi": a_poss, "R_lo": a_cert & right_lo, "R_hi": a_poss & right_hi,
             "cond1_lo": is_t & (x["rhsB_lo"] > 0), "cond1_hi": is_t & (x["rhsB_hi"] > 0),
-            "A_wrong_cond1_lo": (data.code < 2) & (x["rhsB_lo"] > 0)}
+            "strict_lo": a_cert & (data.l1 < data.u1)}
 
 
 def _dip(c: np.ndarray) -> tuple[int, int]:
@@ -179,7 +181,8 @@ def theorem_checks(pair) -> pl.DataFrame:
         "cond1_lo": int(sets["cond1_lo"].sum()), "cond1_hi": int(sets["cond1_hi"].sum()),
         "A24_holds": bool(sets["A_lo"].any()), "A24_possible": bool(sets["A_hi"].any()),
         "A25_improves_certified": best_lo_below1 > acc_a, "A25_improves_possible": best_hi_below1 > acc_a,
-        "A25_consistent": (not (sets["cond1_lo"].any() and sets["A_lo"].any())) or best_hi_below1 >= acc_a,
+        "A25_premise": bool(sets["strict_lo"].any()),
+        "A25_consistent": (not sets["strict_lo"].any()) or best_hi_below1 > acc_a,
         "A27_unimodal_lo": dip_lo == 0, "A27_dip_lo": dip_lo, "A27_peaks_lo": peaks_lo,
         "A27_unimodal_hi": dip_hi == 0, "A27_dip_hi": dip_hi, "A27_peaks_hi": peaks_hi,
     }

@@ -177,3 +177,65 @@ def multi_right(arrays: list, ncls: list, weights) -> tuple[np.ndarray, np.ndarr
         lo_known = np.where(listed_any, lo, 0.0)
         poss[s] = ft > lo_known[others].max() if others.any() else True
     return cert, poss
+
+
+# ---------------------------------------------------------------------------------------------- theorems
+def mainstay(arr_a, arr_b, h: int) -> dict:
+    """n, m, N_L, N_S for class h by loops."""
+    n = m = nl = ns = 0
+    ra, rb = ref.single_right(arr_a), ref.single_right(arr_b)
+    for s in range(len(arr_a["targets"])):
+        if arr_a["topk_ids"][s, 0] == h:
+            n += 1
+            nl += bool(ra[s])
+        if arr_b["topk_ids"][s, 0] == h:
+            m += 1
+            ns += bool(rb[s])
+    return {"n": n, "m": m, "N_L": nl, "N_S": ns}
+
+
+def _q_bounds(arr, s, j, ncls):
+    """(lo, hi) of a model's probability of class j at position s from its stored list."""
+    lo, hi = ref.prob_bounds(arr["topk_logprobs"][s])
+    ids = arr["topk_ids"][s].tolist()
+    if j in ids:
+        return lo[ids.index(j)], hi[ids.index(j)]
+    p_t = math.exp(float(arr["target_logprob"][s]))
+    u = ref.outside_bound({k: v[s:s + 1] for k, v in arr.items()}, np.array([p_t]))[0]
+    return 0.0, (u if j < ncls else 0.0)
+
+
+def stratified_members(arr_a, arr_b, ncls_b: int) -> tuple[set, set]:
+    """(certified, possible) members of A.2.4's set A, checking every a in T against every f in F."""
+    code = ref.partition_codes(arr_a, arr_b)
+    t = arr_a["targets"]
+    a = np.exp(arr_a["target_logprob"].astype(np.float64))
+    b = np.exp(arr_b["target_logprob"].astype(np.float64))
+
+    def top_other(arr, s):
+        ids = arr["topk_ids"][s].tolist()
+        return ids[1] if ids[0] == t[s] and len(ids) > 1 else ids[0]
+
+    fs = []
+    for f in np.flatnonzero(code == 2):
+        j2 = top_other(arr_a, f)
+        qa2 = _q_bounds(arr_a, f, j2, 10 ** 9)
+        jb = top_other(arr_b, f)
+        qbj = _q_bounds(arr_b, f, jb, ncls_b)
+        fs.append(((a[f] - qa2[1], a[f] - qa2[0]), (qbj[0] - b[f], qbj[1] - b[f])))
+    cert, poss = set(), set()
+    for s in np.flatnonzero(code == 1):
+        i = top_other(arr_a, s)
+        qa = _q_bounds(arr_a, s, i, 10 ** 9)
+        qb = _q_bounds(arr_b, s, i, ncls_b)
+        if all(qa[1] - a[s] < mA[0] and b[s] - qb[0] > mB[1] for mA, mB in fs):
+            cert.add(int(s))
+        if all(qa[0] - a[s] < mA[1] and b[s] - qb[1] > mB[0] for mA, mB in fs):
+            poss.add(int(s))
+    return cert, poss
+
+
+def unimodal_dip(values) -> int:
+    """max over i of min(max of values before-or-at i, max at-or-after i) - values[i], by loops."""
+    v = list(values)
+    return max(min(max(v[:i + 1]), max(v[i:])) - v[i] for i in range(len(v)))
