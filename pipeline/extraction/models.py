@@ -183,6 +183,8 @@ def vocab_hash(tokenizer) -> str:
 def load_model(spec: ModelSpec) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from ..training import models as _project_models  # noqa: F401  registers the project's own model types
+
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     src, extra = spec.name_or_path, {}
