@@ -239,3 +239,10 @@ def unimodal_dip(values) -> int:
     """max over i of min(max of values before-or-at i, max at-or-after i) - values[i], by loops."""
     v = list(values)
     return max(min(max(v[:i + 1]), max(v[i:])) - v[i] for i in range(len(v)))
+
+
+# ---------------------------------------------------------------------------------------------- vocabulary
+def vocab_share(arr) -> float:
+    """|set(top-1) & set(targets)| / |set(targets)| with Python sets."""
+    targets = set(arr["targets"].tolist())
+    return len(set(arr["topk_ids"][:, 0].tolist()) & targets) / len(targets)
