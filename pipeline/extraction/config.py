@@ -62,6 +62,7 @@ class ExtractSpec:
     logprob_dtype: str = "float16"
     entropy: bool = True
     head_memory_mb: float = 512.0       # budget of the (P, V) float32 work tensors
+    head_chunk: int | None = None       # positions per LM-head chunk; None: 128 on CPU (cache-friendly), budget on CUDA
     chunk_size: int = 65536             # store chunk (positions)
     tf32: bool = False
     deterministic: bool = True

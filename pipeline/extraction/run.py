@@ -159,6 +159,16 @@ class _Batches:
         return torch.from_numpy(ids).to(device), attn, np.concatenate(rows)
 
 
+def score_batch(lm: LoadedModel, ids, mask, rows: np.ndarray, tgt: torch.Tensor, k: int, entropy: bool,
+                chunk: int, where: str = "") -> dict[str, np.ndarray]:
+    """Forward one batch and score the rows (batch row, input position) of its targets."""
+    if lm.head_weight is not None:
+        h = lm.hidden(ids, mask)[rows[:, 0], rows[:, 1]]  # only scored rows go through the head
+        return score_hidden(h, lm.head_weight, lm.head_bias, tgt, k, entropy, chunk, where)
+    z = lm.logits(ids, mask)[rows[:, 0], rows[:, 1]]
+    return score_logits_chunked(z, tgt, k, entropy, chunk, where)
+
+
 def _metrics(tlp: np.ndarray, correct: np.ndarray, n_chars: np.ndarray, n_bytes: np.ndarray) -> dict:
     def blocked(x):
         x = np.asarray(x, np.float64)
@@ -192,7 +202,7 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
     attrs = provenance(spec, lm, docs, stream, K)
     path = Path(spec.store) if spec.store else default_store(spec, lm, protocol, K)
     lp_dtype = np.dtype(spec.extract.logprob_dtype)
-    chunk = head_chunk_size(lm.n_classes, spec.extract.head_memory_mb)
+    chunk = spec.extract.head_chunk or head_chunk_size(lm.n_classes, spec.extract.head_memory_mb, lm.device.type)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     batches = _Batches(stream, windows, spec.model.batch_size, pad)
     log.info("extracting %s on %s/%s: %d positions, %d windows, L=%d S=%d K=%d -> %s", spec.model.name,
@@ -219,12 +229,7 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
             ids, mask, rows = batches.inputs(b, lm.device)
             tgt = torch.from_numpy(meta["targets"].astype(np.int64)).to(lm.device)
             where = f"(batch {b}, positions {pos}..{int(windows.offset[hi])})"
-            if lm.head_weight is not None:
-                h = lm.hidden(ids, mask)[rows[:, 0], rows[:, 1]]
-                out = score_hidden(h, lm.head_weight, lm.head_bias, tgt, K, spec.extract.entropy, chunk, where)
-            else:
-                z = lm.logits(ids, mask)[rows[:, 0], rows[:, 1]]
-                out = score_logits_chunked(z, tgt, K, spec.extract.entropy, chunk, where)
+            out = score_batch(lm, ids, mask, rows, tgt, K, spec.extract.entropy, chunk, where)
             out["topk_logprobs"] = out["topk_logprobs"].astype(lp_dtype)
             writer.write(pos, **meta, **out)
             keep["tlp"].append(out["target_logprob"])
