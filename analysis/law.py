@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -127,3 +129,196 @@ def plot_ar_law(points: pl.DataFrame, fits: pl.DataFrame, metric: str = "alpha_n
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
     return ax
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+@dataclass(frozen=True)
+class LawSettings:
+    stores: Path
+    out_dir: Path
+    n_resamples: int = 1000
+    seed: int = 0
+    unit: str = "block"
+    level: float = 0.95
+    kfold: int = 5
+    valid_splits: tuple = ("validation", "valid", "val", "dev")
+    param_count: str = "n_params_nonembed"
+    order: str = "auto"
+    rbp_ks: tuple = (1, 5, 10, 50, 100, 1000)
+    mainstay_top: int = 10
+    multi: bool = True
+    multi_tol: float = 1e-10
+    plots: bool = True
+
+    @classmethod
+    def from_cfg(cls, cfg, out_dir) -> LawSettings:
+        c = cfg.law
+        return cls(stores=Path(str(cfg.stores)), out_dir=Path(out_dir), n_resamples=int(c.n_resamples),
+                   seed=int(c.seed), unit=str(c.unit), level=float(c.level), kfold=int(c.kfold),
+                   valid_splits=tuple(c.valid_splits), param_count=str(c.param_count), order=str(c.order),
+                   rbp_ks=tuple(int(k) for k in c.rbp_ks), mainstay_top=int(c.mainstay_top), multi=bool(c.multi),
+                   multi_tol=float(c.multi_tol), plots=bool(c.plots))
+
+
+def _name(s) -> str:
+    return str(s.model.get("name", s.path))
+
+
+def _groups(root: Path) -> tuple[dict, list]:
+    from pipeline.store import StoreError, find_stores, open_store
+
+    groups, skipped = {}, []
+    for p in find_stores(root):
+        if "_runs" in p.parts:
+            continue
+        try:
+            s = open_store(p)
+        except StoreError as e:
+            log.warning("skipping %s: %s", p, e)
+            skipped.append({"store": str(p), "reason": str(e)})
+            continue
+        groups.setdefault(s.stream_hash, []).append(s)
+    return groups, skipped
+
+
+def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
+    """Every analysis of issue 7 on every stream group under cfg.stores; returns (and writes) the frames."""
+    import itertools
+
+    from pipeline.store import IncompatiblePairError
+
+    from .bootstrap import bootstrap, table_columns
+    from .multi import MultiData, multi_summary
+    from .pair import Pair
+    from .rbp import pair_rbp, rbp_scaling, single_rbp
+    from .theorems import mainstay_deviation, theorem_checks
+    from .vocab_use import vocab_use
+
+    groups, skipped = _groups(cfg.stores)
+    out: dict[str, list] = {k: [] for k in ("points", "bootstrap", "theorems", "mainstay", "rbp_pairs", "rbp",
+                                            "vocab", "multi")}
+    pairs: dict = {}
+    for members in groups.values():
+        ds = members[0].dataset
+        tag = {"dataset": ds.get("name"), "split": ds.get("split")}
+        for a, b in itertools.combinations(members, 2):
+            if _name(a) == _name(b):
+                continue
+            try:
+                pair = Pair(a, b, order=cfg.order)
+            except IncompatiblePairError as e:
+                skipped.append({"store": f"{_name(a)} + {_name(b)}", "reason": str(e)})
+                continue
+            pairs[(pair.names, tag["dataset"], tag["split"])] = pair
+        for s in members:
+            out["rbp"].append(single_rbp(s, cfg.rbp_ks).with_columns(
+                pl.lit(s.model.get(cfg.param_count)).cast(pl.Float64).alias("params"), **{k: pl.lit(v) for k, v in tag.items()}))
+        out["vocab"].append(vocab_use(members).with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
+        if cfg.multi and len({_name(s) for s in members}) >= 3:
+            try:
+                md = MultiData.load(members, cfg.param_count)
+                out["multi"].append(multi_summary(md, tol=cfg.multi_tol).with_columns(
+                    **{k: pl.lit(v) for k, v in tag.items()}))
+            except (AnalysisError, IncompatiblePairError) as e:
+                log.warning("multi-model fusion of %s skipped: %s", [_name(s) for s in members], e)
+    for (names, dataset, split), pair in pairs.items():
+        log.info("law: %s on %s/%s", pair, dataset, split)
+        tag = {"primary": names[0], "secondary": names[1], "dataset": dataset, "split": split}
+        valid = None
+        if split not in cfg.valid_splits:
+            valid = next((pairs[(names, dataset, vs)] for vs in cfg.valid_splits if (names, dataset, vs) in pairs), None)
+        heldout_w = None
+        if valid is not None:
+            h = pair.heldout(valid)
+            heldout_w = (h.w_nll, h.w_acc)
+        bs = bootstrap(pair, n_resamples=cfg.n_resamples, seed=cfg.seed, by=cfg.unit, level=cfg.level,
+                       heldout_w=heldout_w, kfold=cfg.kfold if (valid is None and cfg.kfold) else None)
+        out["bootstrap"].append(bs.with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
+        pts = law_points([pair], cfg.param_count)
+        out["points"].append(pts.with_columns(**{k: pl.lit(v) for k, v in table_columns(bs).items()}))
+        out["theorems"].append(theorem_checks(pair).with_columns(pl.lit(dataset).alias("dataset"), pl.lit(split).alias("split")))
+        out["mainstay"].append(mainstay_deviation(pair, cfg.mainstay_top).with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
+        out["rbp_pairs"].append(pair_rbp(pair, cfg.rbp_ks).with_columns(pl.lit(dataset).alias("dataset"), pl.lit(split).alias("split")))
+    frames = {k: pl.concat(v, how="diagonal_relaxed") for k, v in out.items() if v}
+    if "points" in frames:
+        frames["fits"] = ar_law(frames["points"])
+    if "rbp" in frames:
+        params = dict(zip(frames["rbp"]["model"].to_list(), frames["rbp"]["params"].to_list()))
+        frames["rbp_scaling"] = rbp_scaling(frames["rbp"], params, by=("dataset", "split", "k"))
+    frames["skipped"] = pl.DataFrame(skipped, schema={"store": pl.Utf8, "reason": pl.Utf8})
+    _write(cfg, frames)
+    return frames
+
+
+def _write(cfg: LawSettings, frames: dict) -> None:
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in frames.items():
+        df.write_parquet(out / f"{name}.parquet")
+        flat = df.select([c for c in df.columns if df[c].dtype != pl.List(pl.Utf8) and not isinstance(df[c].dtype, pl.List)])
+        flat.write_csv(out / f"{name}.csv")
+    if cfg.plots and "points" in frames:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, m in zip(axes, ("alpha_nll", "d_nll")):
+            plot_ar_law(frames["points"], frames["fits"], m, ax=ax)
+        fig.tight_layout()
+        fig.savefig(out / "ar_law.png", dpi=120)
+        plt.close(fig)
+    (out / "law.md").write_text(render(frames, cfg))
+    log.info("wrote %s", out)
+
+
+def _markdown(df: pl.DataFrame) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return "inf" if v == math.inf else ("nan" if v != v else f"{v:.4g}")
+        return "" if v is None else str(v)
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.iter_rows()]
+    return "\n".join(lines)
+
+
+def render(frames: dict, cfg: LawSettings) -> str:
+    parts = ["# AR law: intervals, fits and checks", "",
+             f"Parameter ratio k from `{cfg.param_count}`; bootstrap: {cfg.n_resamples} resamples of {cfg.unit} "
+             f"units, seed {cfg.seed}, {cfg.level:.0%} percentile intervals.", ""]
+    if "fits" in frames:
+        parts += ["## alpha, D ~ c k^p (finite points; 0 / inf excluded and counted)", "", _markdown(frames["fits"]), ""]
+    if "bootstrap" in frames:
+        bs = frames["bootstrap"].select("primary", "secondary", "dataset", "split", "scope", "statistic", "estimate",
+                                        "ci_lo", "ci_hi")
+        parts += ["## Bootstrap intervals (gains are fused minus primary alone)", "", _markdown(bs), ""]
+    if "theorems" in frames:
+        parts += ["## Appendix A checks", "", _markdown(frames["theorems"]), ""]
+    if "rbp_scaling" in frames:
+        parts += ["## Relative-based scaling law: -log RBP@k = c N^-gamma", "", _markdown(frames["rbp_scaling"]), ""]
+    if "vocab" in frames:
+        parts += ["## Vocabulary use (appendix B.1)", "", _markdown(frames["vocab"]), ""]
+    if "multi" in frames:
+        parts += ["## Multi-model fusion", "", _markdown(frames["multi"]), ""]
+    if frames["skipped"].height:
+        parts += ["## Skipped", "", _markdown(frames["skipped"]), ""]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"),
+                config_name="law")
+    def _main(cfg) -> None:
+        settings = LawSettings.from_cfg(cfg, HydraConfig.get().runtime.output_dir)
+        run(settings)
+        print((settings.out_dir / "law.md").read_text())  # the CLI's one print: the final report
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

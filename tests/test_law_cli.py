@@ -1,0 +1,57 @@
+"""The law CLI end to end on a small family of stores (test + validation splits)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from analysis.law import LawSettings, run
+from pipeline.store.synthetic import random_distributions, write_store_from_logprobs
+
+
+def _write_family(root, seed, split, n=600, vocab=16, k=5):
+    rng = np.random.default_rng(seed)
+    targets, lps = random_distributions(n, vocab, rng, n_models=3, noise=(0.6, 1.0, 1.6))
+    doc = np.arange(n) // 30
+    for lp, name, params in zip(lps, ("big", "mid", "small"), (10 ** 9, 10 ** 8, 10 ** 7)):
+        write_store_from_logprobs(root / "syn" / split / f"{name}.zarr", lp, targets, k, "float16", model=name,
+                                  n_params=params, doc_id=doc, chunk_size=256, split=split)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("law")
+    _write_family(root, 0, "test")
+    _write_family(root, 1, "validation")
+    return root
+
+
+def test_law_run_writes_every_frame(stores, tmp_path):
+    frames = run(LawSettings(stores=stores, out_dir=tmp_path, n_resamples=200, unit="doc", kfold=3,
+                             rbp_ks=(1, 5, 10)))
+    for name in ("points", "fits", "bootstrap", "theorems", "mainstay", "rbp_pairs", "rbp", "rbp_scaling",
+                 "vocab", "multi"):
+        assert name in frames and frames[name].height > 0, name
+        assert (tmp_path / f"{name}.parquet").is_file()
+    bs = frames["bootstrap"]
+    test_scopes = set(bs.filter(bs["split"] == "test")["scope"])
+    assert test_scopes == {"in-sample", "held-out"}  # validation split exists: held-out, no K-fold
+    assert set(bs.filter(bs["split"] == "validation")["scope"]) == {"in-sample", "k-fold"}
+    assert frames["points"].height == 6 and "insample_alpha_nll_ci_lo" in frames["points"].columns
+    assert set(frames["fits"]["primary"]) == {"big", "mid"}
+    assert (tmp_path / "ar_law.png").is_file()
+    md = (tmp_path / "law.md").read_text()
+    assert "n_params_nonembed" in md and "Multi-model fusion" in md
+
+
+@pytest.mark.slow
+def test_law_cli_subprocess(stores, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "analysis.law", f"stores={stores}", f"hydra.run.dir={tmp_path}",
+                        "law.n_resamples=100", "law.unit=doc", "law.plots=false"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "# AR law" in r.stdout
+    assert (tmp_path / "fits.parquet").is_file()
