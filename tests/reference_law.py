@@ -246,3 +246,58 @@ def vocab_share(arr) -> float:
     """|set(top-1) & set(targets)| / |set(targets)| with Python sets."""
     targets = set(arr["targets"].tolist())
     return len(set(arr["topk_ids"][:, 0].tolist()) & targets) / len(targets)
+
+
+# ---------------------------------------------------------------------------------------------- similarity
+def similarity_truth(lp_a, lp_b, targets, emb, p):
+    """(nll, right) of the similarity variant from the full distributions and the full similarity matrix."""
+    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    s_full = np.clip(e @ e.T, 0.0, 1.0)
+    nll = np.empty(len(targets))
+    right = np.empty(len(targets), bool)
+    for s in range(len(targets)):
+        ib = int(np.argmax(lp_b[s]))
+        sim = s_full[:, ib] ** p if p > 0 else np.ones(len(e))
+        g = np.exp(lp_a[s]) * sim
+        t = targets[s]
+        nll[s] = -math.log(g[t] / g.sum()) if g[t] > 0 else math.inf
+        others = np.delete(g, t)
+        right[s] = g[t] > others.max()
+    return nll, right
+
+
+def similarity_bounds(arr_a, arr_b, emb, ncls_a, p):
+    """(nll_lo, nll_hi, right_lo, right_hi) by loops over each position's list (module docstring of
+    analysis.similarity)."""
+    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    n = len(arr_a["targets"])
+    out = [np.empty(n), np.empty(n), np.empty(n, bool), np.empty(n, bool)]
+    for s in range(n):
+        t = int(arr_a["targets"][s])
+        ib = int(arr_b["topk_ids"][s, 0])
+        sim = lambda j: max(0.0, min(1.0, float(e[j] @ e[ib])))  # noqa: E731
+        pw = lambda x: (x ** p if x > 0 else 0.0) if p > 0 else 1.0  # noqa: E731
+        a = math.exp(float(arr_a["target_logprob"][s]))
+        gt = a * pw(sim(t))
+        lo, hi = ref.prob_bounds(arr_a["topk_logprobs"][s])
+        ids = arr_a["topk_ids"][s].tolist()
+        z_lo = z_hi = gt
+        c_hi = c_lo = -1.0
+        for kk, j in enumerate(ids):
+            if j == t:
+                continue
+            z_lo += lo[kk] * pw(sim(j))
+            z_hi += hi[kk] * pw(sim(j))
+            c_hi = max(c_hi, hi[kk] * pw(sim(j)))
+            c_lo = max(c_lo, lo[kk] * pw(sim(j)))
+        tail = ref.tail_upper(arr_a["tail_logmass"][s:s + 1])[0]
+        mass = tail if t in ids else max(tail - a, 0.0)
+        z_hi += mass
+        n_unl = ncls_a - len(ids) - (0 if t in ids else 1)
+        u = ref.outside_bound({k: v[s:s + 1] for k, v in arr_a.items()}, np.array([a]))[0]
+        with np.errstate(divide="ignore"):
+            out[0][s] = -np.log(gt) + math.log(z_lo) if gt > 0 else math.inf
+            out[1][s] = -np.log(gt) + math.log(z_hi) if gt > 0 else math.inf
+        out[2][s] = gt > max(c_hi, u if n_unl > 0 else -1.0)
+        out[3][s] = gt > max(c_lo, 0.0 if n_unl > 0 else -1.0)
+    return out
