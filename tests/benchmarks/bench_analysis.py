@@ -40,13 +40,27 @@ from pipeline.store.synthetic import synthetic_attrs, write_zipf_pair, zipf_bloc
 VOCAB = 50257
 
 
-def best_of(fn, repeat):
+MEDIANS = {}
+
+
+def best_of(fn, repeat, label=None):
+    """Best of `repeat` timed calls (the cores are shared: the best is the least disturbed run)."""
     times, out = [], None
     for _ in range(repeat):
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
+    if label:
+        MEDIANS[label] = float(np.median(times))
     return min(times), out
+
+
+def wait_quiet(limit_s: float, load: float = 0.8) -> float:
+    """Wait (at most limit_s) until the 1-minute load average drops below `load`; returns it."""
+    t0 = time.time()
+    while os.getloadavg()[0] >= load and time.time() - t0 < limit_s:
+        time.sleep(5)
+    return os.getloadavg()[0]
 
 
 def make_pair(n, k, seed=0):
@@ -91,7 +105,9 @@ def main():
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--weights", type=int, default=101)
     ap.add_argument("--subset", type=int, default=20_000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--wait-quiet", type=float, default=0.0,
+                    help="wait up to this many seconds for the 1-min load average to drop below 0.8 before timing")
     ap.add_argument("--store-dir", default=str(ROOT / "stores" / "_bench" / "analysis"))
     ap.add_argument("--no-store", action="store_true", help="skip the end-to-end timing from Zarr stores")
     ap.add_argument("--out", default=str(ROOT / "tests" / "benchmarks" / "analysis.md"))
@@ -105,14 +121,15 @@ def main():
     sa, sb = make_pair(args.n, args.k)
     t_gen = time.perf_counter() - t0
     pair = Pair(sa, sb)
+    load_start = wait_quiet(args.wait_quiet)
     # warm up (cache load) on a small slice, then time
     PairData.load(*make_pair(5000, args.k, seed=1))
-    t_prep, data = best_of(lambda: PairData.load(sa, sb), args.repeat)
-    t_grid, frame = best_of(lambda: sweep_frame(data, w), args.repeat)
+    t_prep, data = best_of(lambda: PairData.load(sa, sb), args.repeat, "prep")
+    t_grid, frame = best_of(lambda: sweep_frame(data, w), args.repeat, "grid")
     pair._data = data
-    t_nll, nopt = best_of(lambda: nll_optimum(data, with_domain=False), args.repeat)
+    t_nll, nopt = best_of(lambda: nll_optimum(data, with_domain=False), args.repeat, "nll")
     t_dom, nopt_d = best_of(lambda: nll_optimum(data, with_domain=True), 1)
-    t_acc, aopt = best_of(lambda: acc_optimum(data), args.repeat)
+    t_acc, aopt = best_of(lambda: acc_optimum(data), args.repeat, "acc")
     # NumPy reference on a subset, in the same run
     m = args.subset
     ra, rb = sa.read(list(ref.NAMES_ALL), 0, m), sb.read(list(ref.NAMES_ALL), 0, m)
@@ -145,12 +162,13 @@ def main():
     say("Produced by `make bench-analysis` (`.venv/bin/python tests/benchmarks/bench_analysis.py`); do not edit by hand.")
     say(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"numpy {np.__version__}, numba {numba.__version__} ({numba.get_num_threads()} threads); "
-        f"load average at the end {os.getloadavg()[0]:.1f} (the 2 cores are shared: a load above ~1 inflates "
-        "every time below).")
+        f"1-min load average {load_start:.1f} when timing began, {os.getloadavg()[0]:.1f} at the end (the cores "
+        "are shared with other work: a load above ~1 inflates every time below).")
     say(f"Data: {args.n:,} positions, K = {args.k}, float16 log-probs, {VOCAB:,} ids, Zipf-shaped pair "
         f"(`pipeline.store.synthetic.zipf_blocks`, generated in {t_gen:.1f} s); {args.weights} weights "
         "linspace(0, 1). Times are the best of "
-        f"{args.repeat} runs after a warm-up, arrays in memory unless said otherwise.")
+        f"{args.repeat} runs after a warm-up (medians: sweep {MEDIANS['prep'] + MEDIANS['grid']:.3f} s, NLL optimum "
+        f"{MEDIANS['nll']:.3f} s, ACC optimum {MEDIANS['acc']:.3f} s), arrays in memory unless said otherwise.")
     say()
     say("| step | time (s) | target | note |")
     say("|---|---|---|---|")
