@@ -110,25 +110,49 @@ def percentile_interval(x: np.ndarray, level: float) -> tuple[float, float]:
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def unit_nll_grid(a, b, order, starts, w, v, out_f, out_g, out_h):
     """Per unit and grid node j: out_f = sum -log x, out_g = sum -(a - b)/x, out_h = sum ((a - b)/x)^2,
-    x = w_j a + v_j b (v_j = 1 - w_j given exactly): L, L' and L'' in w of the unit's positions."""
+    x = w_j a + v_j b (v_j = 1 - w_j given exactly): L, L' and L'' in w of the unit's positions.
+
+    As in `kernels.nll_blocks`, GROUP positions' x are multiplied before one log (log does not vectorise
+    here) unless one of their a, b is below SAFE_MIN.
+    """
     n_units = starts.shape[0] - 1
     nw = w.shape[0]
+    group = kernels.GROUP
     for u in prange(n_units):
-        for j in range(nw):
-            out_f[u, j] = 0.0
-            out_g[u, j] = 0.0
-            out_h[u, j] = 0.0
-        for p in range(starts[u], starts[u + 1]):
-            s = order[p]
-            aa = a[s]
-            bb = b[s]
-            d = aa - bb
+        f = np.zeros(nw)
+        g = np.zeros(nw)
+        h = np.zeros(nw)
+        prod = np.empty(nw)
+        for p0 in range(starts[u], starts[u + 1], group):
+            p1 = min(starts[u + 1], p0 + group)
+            safe = True
+            for p in range(p0, p1):
+                s = order[p]
+                if a[s] < kernels.SAFE_MIN or b[s] < kernels.SAFE_MIN:
+                    safe = False
             for j in range(nw):
-                x = w[j] * aa + v[j] * bb
-                r = d / x
-                out_f[u, j] -= math.log(x)
-                out_g[u, j] -= r
-                out_h[u, j] += r * r
+                prod[j] = 1.0
+            for p in range(p0, p1):
+                s = order[p]
+                aa = a[s]
+                bb = b[s]
+                d = aa - bb
+                for j in range(nw):
+                    x = w[j] * aa + v[j] * bb
+                    r = d / x
+                    g[j] -= r
+                    h[j] += r * r
+                    if safe:
+                        prod[j] *= x
+                    else:
+                        f[j] -= math.log(x)
+            if safe:
+                for j in range(nw):
+                    f[j] -= math.log(prod[j])
+        for j in range(nw):
+            out_f[u, j] = f[j]
+            out_g[u, j] = g[j]
+            out_h[u, j] = h[j]
 
 
 def _wv(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -403,7 +427,7 @@ class ResampledOptima:
 
 
 def resampled_optima(data: PairData, units: Units, counts: np.ndarray, *, centres=(), with_domain: bool = True,
-                     step: float = 0.05) -> ResampledOptima:
+                     step: float = 0.05, limit: float = 30.0) -> ResampledOptima:
     """Optima of every resample (see the module docstring for the method)."""
     a, b = data.a, data.b
     R = counts.shape[0]
@@ -415,7 +439,7 @@ def resampled_optima(data: PairData, units: Units, counts: np.ndarray, *, centre
         lb_r = csum(counts, units.sums(-np.log(b)))  # L(0)
         g1_r = csum(counts, units.sums(b / a - 1.0))  # L'(1)
         g0_r = csum(counts, units.sums(1.0 - a / b))  # L'(0)
-    u = u_grid(centres, step=step)
+    u = u_grid(centres, step=step, limit=limit)
     w, v = _wv(u)
     nu = units.n_units
     F, G, H = (np.empty((nu, u.size)) for _ in range(3))
@@ -456,14 +480,18 @@ def resampled_optima(data: PairData, units: Units, counts: np.ndarray, *, centre
         d_u = np.where(np.isposinf(u_star), np.inf, d_u)
         d_u = np.where(np.isfinite(u_star) | np.isneginf(u_star), np.where(lb_r <= la_r, -np.inf, d_u), d_u)
         todo = np.flatnonzero(np.isnan(d_u))
-        E = Fr - la_r[:, None]
-        for r in todo:
-            left = u < u_star[r]
-            idx = np.flatnonzero(left)
-            if idx.size >= 2 and E[r, idx[0]] > 0 and E[r, idx[-1]] <= 0:
-                jj = idx[np.flatnonzero(E[r, idx] > 0)[-1]]
-                d_u[r] = _hermite_root(u, E[r:r + 1], Gu[r:r + 1], np.array([jj]), 0.0, False)[0]
-            else:
+        if todo.size:
+            E = Fr[todo] - la_r[todo, None]
+            left = u[None, :] < u_star[todo, None]
+            n_left = left.sum(axis=1)
+            pos = (E > 0) & left
+            last_pos = np.where(pos.any(axis=1), u.size - 1 - np.argmax(pos[:, ::-1], axis=1), -1)
+            rows = np.arange(todo.size)
+            ok = (n_left >= 2) & (E[:, 0] > 0) & (E[rows, np.maximum(n_left - 1, 0)] <= 0) & (last_pos >= 0)
+            if ok.any():
+                sel = np.flatnonzero(ok)
+                d_u[todo[sel]] = _hermite_root(u, E[sel], Gu[todo[sel]], last_pos[sel], 0.0, False)
+            for r in todo[~ok]:
                 pos_w = counts[r][units.unit].astype(np.float64)
                 d_u[r] = _weighted_nll_root(a, b, pos_w, target_l1=la_r[r], u_hi=u_star[r])
                 n_fallback += 1

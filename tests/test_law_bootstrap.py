@@ -43,14 +43,17 @@ def test_draw_counts_is_seeded_and_sums_to_the_number_of_units():
     assert np.all(c1.sum(axis=1) == 17)
 
 
-@pytest.mark.parametrize("seed,sharp", [(0, 2.0), (1, 0.7), (2, 3.0)])
-def test_resampled_optima_match_explicit_resamples(seed, sharp):
+@pytest.mark.parametrize("seed,sharp,limit", [(0, 2.0, 30.0), (1, 0.7, 30.0), (2, 3.0, 30.0), (3, 2.0, 0.3)])
+def test_resampled_optima_match_explicit_resamples(seed, sharp, limit):
     data, _ = _data(seed, n=2400, sharpness=sharp)
     doc = np.arange(data.n) // 60  # 40 documents
     units = make_units(data.n, "doc", doc)
     counts = draw_counts(units.n_units, 25, seed=seed)
     full = nll_optimum(data)
-    ro = resampled_optima(data, units, counts, centres=(math.log(full.alpha) if 0 < full.alpha < math.inf else 0.0,))
+    ro = resampled_optima(data, units, counts, centres=(math.log(full.alpha) if 0 < full.alpha < math.inf else 0.0,),
+                          limit=limit)
+    if limit < 1:  # a grid too narrow for the roots: every one is solved exactly instead
+        assert ro.n_fallback > 0
     for r in range(counts.shape[0]):
         idx = rl.resample_positions(units.unit, counts[r])
         sub = _subset(data, idx)
