@@ -660,3 +660,20 @@ def table_columns(frame: pl.DataFrame) -> dict:
         out[f"{scope}_{row['statistic']}_ci_lo"] = row["ci_lo"]
         out[f"{scope}_{row['statistic']}_ci_hi"] = row["ci_hi"]
     return out
+
+
+def plot_intervals(frame: pl.DataFrame, statistic: str = "dppl", ax=None):
+    """Point estimates and bootstrap intervals of one statistic, one row per (pair, scope). Only draws."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    sub = frame.filter(pl.col("statistic") == statistic)
+    labels = [" / ".join(str(row.get(c, "")) for c in ("primary", "secondary", "scope") if c in row)
+              for row in sub.iter_rows(named=True)]
+    y = np.arange(sub.height)
+    est = sub["estimate"].to_numpy()
+    ax.errorbar(est, y, xerr=[est - sub["ci_lo"].to_numpy(), sub["ci_hi"].to_numpy() - est], fmt="o", capsize=3)
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel(f"{statistic} (fused - primary alone)")
+    return ax

@@ -192,11 +192,12 @@ def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
     from .pair import Pair
     from .rbp import pair_rbp, rbp_scaling, single_rbp
     from .theorems import mainstay_deviation, theorem_checks
+    from .similarity import similarity_sweep
     from .vocab_use import vocab_use
 
     groups, skipped = _groups(cfg.stores)
     out: dict[str, list] = {k: [] for k in ("points", "bootstrap", "theorems", "mainstay", "rbp_pairs", "rbp",
-                                            "vocab", "multi")}
+                                            "vocab", "multi", "similarity")}
     pairs: dict = {}
     for members in groups.values():
         ds = members[0].dataset
@@ -239,6 +240,9 @@ def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
         out["theorems"].append(theorem_checks(pair).with_columns(pl.lit(dataset).alias("dataset"), pl.lit(split).alias("split")))
         out["mainstay"].append(mainstay_deviation(pair, cfg.mainstay_top).with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
         out["rbp_pairs"].append(pair_rbp(pair, cfg.rbp_ks).with_columns(pl.lit(dataset).alias("dataset"), pl.lit(split).alias("split")))
+        if "embedding" in getattr(pair.primary, "tables", ()):
+            sw = similarity_sweep(pair)
+            out["similarity"].append(sw.with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
     frames = {k: pl.concat(v, how="diagonal_relaxed") for k, v in out.items() if v}
     if "points" in frames:
         frames["fits"] = ar_law(frames["points"])
@@ -301,6 +305,12 @@ def render(frames: dict, cfg: LawSettings) -> str:
         parts += ["## Vocabulary use (appendix B.1)", "", _markdown(frames["vocab"]), ""]
     if "multi" in frames:
         parts += ["## Multi-model fusion", "", _markdown(frames["multi"]), ""]
+    if "similarity" in frames:
+        from .similarity import similarity_optimum
+
+        rows = [{"primary": key[0], "secondary": key[1], **similarity_optimum(g)}
+                for key, g in frames["similarity"].group_by(["primary", "secondary"], maintain_order=True)]
+        parts += ["## Similarity-based variant (appendix B.3): best exponent p", "", _markdown(pl.DataFrame(rows)), ""]
     if frames["skipped"].height:
         parts += ["## Skipped", "", _markdown(frames["skipped"]), ""]
     return "\n".join(parts)

@@ -289,3 +289,23 @@ def multi_summary(md: MultiData, rs=None, tol: float = 1e-10) -> pl.DataFrame:
     rows.append(_row("likelihood-optimal (EM)", md, opt.weights, {"r": math.nan, "gap": opt.gap}))
     log.info("EM: %d iterations, certified gap %.3g nats/position", opt.n_iter, opt.gap)
     return pl.DataFrame(rows)
+
+
+def plot_geometric_sweep(sweep: pl.DataFrame, optimum_nll: float | None = None, ax=None):
+    """Fused NLL and certified ACC against the common ratio r of geometric weights; the likelihood-optimal
+    NLL as a horizontal line when given. Only draws; returns the axes."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    r = sweep["r"].to_numpy()
+    ax.plot(r, sweep["nll"].to_numpy(), "o-", label="NLL (geometric weights)")
+    if optimum_nll is not None:
+        ax.axhline(optimum_nll, color="k", ls="--", label="likelihood-optimal weights")
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("common ratio r")
+    ax.set_ylabel("NLL")
+    twin = ax.twinx()
+    twin.plot(r, sweep["acc_lo"].to_numpy(), "s:", color="tab:red", label="ACC certified")
+    twin.set_ylabel("ACC (certified)")
+    ax.legend(fontsize="small")
+    return ax

@@ -192,3 +192,25 @@ def rbp_scaling(rbp: pl.DataFrame, params: dict, by=("k",)) -> pl.DataFrame:
         rows.append({**dict(zip(by, key)), "n_points": fit["n_points"], "n_excluded": fit["n_zero"] + fit["n_inf"],
                      "gamma": -fit["p"], "gamma_se": fit["p_se"], "r2": fit["r2"], "c": fit["c"]})
     return pl.DataFrame(rows)
+
+
+def plot_rbp_scaling(rbp: pl.DataFrame, params: dict, fits: pl.DataFrame | None = None, ax=None):
+    """-log RBP@k against parameters, one series per k, with the fitted power law when given. Only draws."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    for (k,), grp in rbp.group_by(["k"], maintain_order=True):
+        n = np.array([float(params.get(m, math.nan)) for m in grp["model"].to_list()])
+        with np.errstate(divide="ignore"):
+            y = -np.log(grp["rbp"].to_numpy().astype(float))
+        line = ax.plot(n, y, "o", label=f"k = {k}")[0]
+        fit = fits.filter(pl.col("k") == k) if fits is not None else None
+        if fit is not None and fit.height and math.isfinite(fit["gamma"][0]):
+            xs = np.geomspace(np.nanmin(n), np.nanmax(n), 50)
+            ax.plot(xs, fit["c"][0] * xs ** -fit["gamma"][0], "-", color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("-log RBP@k")
+    ax.legend(fontsize="small")
+    return ax

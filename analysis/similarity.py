@@ -133,3 +133,20 @@ def similarity_optimum(sweep: pl.DataFrame) -> dict:
     return {"p_nll": sweep["p"][i_n], "nll_hi": sweep["nll_hi"][i_n], "p_acc": sweep["p"][i_a],
             "acc_lo": sweep["acc_lo"][i_a], "acc_A": base["acc_lo"][0] if base.height else math.nan,
             "nll_A_hi": base["nll_hi"][0] if base.height else math.nan}
+
+
+def plot_similarity_sweep(sweep: pl.DataFrame, ax=None):
+    """Certified ACC bounds and the NLL upper bound against the exponent p. Only draws; returns the axes."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    p = sweep["p"].to_numpy()
+    ax.fill_between(p, sweep["acc_lo"].to_numpy(), sweep["acc_hi"].to_numpy(), alpha=0.3, label="ACC [lo, hi]")
+    ax.plot(p, sweep["acc_lo"].to_numpy(), "-", label="ACC certified")
+    ax.set_xlabel("similarity exponent p")
+    ax.set_ylabel("ACC")
+    twin = ax.twinx()
+    twin.plot(p, sweep["nll_hi"].to_numpy(), "k--", label="NLL upper bound")
+    twin.set_ylabel("NLL (upper bound)")
+    ax.legend(fontsize="small")
+    return ax

@@ -9,16 +9,24 @@ import numpy as np
 import pytest
 
 from analysis.law import LawSettings, run
-from pipeline.store.synthetic import random_distributions, write_store_from_logprobs
+from pipeline.store import StoreWriter
+from pipeline.store.synthetic import arrays_from_logprobs, random_distributions, synthetic_attrs
 
 
 def _write_family(root, seed, split, n=600, vocab=16, k=5):
+    """Three models of one stream, each store with a token embedding table (for the similarity variant)."""
     rng = np.random.default_rng(seed)
     targets, lps = random_distributions(n, vocab, rng, n_models=3, noise=(0.6, 1.0, 1.6))
     doc = np.arange(n) // 30
+    emb = (np.random.default_rng(99).standard_normal((vocab, 8)) + 1.0).astype(np.float32)
     for lp, name, params in zip(lps, ("big", "mid", "small"), (10 ** 9, 10 ** 8, 10 ** 7)):
-        write_store_from_logprobs(root / "syn" / split / f"{name}.zarr", lp, targets, k, "float16", model=name,
-                                  n_params=params, doc_id=doc, chunk_size=256, split=split)
+        attrs = synthetic_attrs(name, n_params=params, split=split)
+        w = StoreWriter(root / "syn" / split / f"{name}.zarr", n_positions=n, top_k=k, n_classes=vocab,
+                        logprob_dtype="float16", attrs=attrs, setting_hash=f"{name}-{split}", chunk_size=256)
+        with w:
+            w.write(0, **arrays_from_logprobs(lp, targets, k, "float16", doc_id=doc))
+            w.write_table("embedding", emb)
+        w.close()
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +41,7 @@ def test_law_run_writes_every_frame(stores, tmp_path):
     frames = run(LawSettings(stores=stores, out_dir=tmp_path, n_resamples=200, unit="doc", kfold=3,
                              rbp_ks=(1, 5, 10)))
     for name in ("points", "fits", "bootstrap", "theorems", "mainstay", "rbp_pairs", "rbp", "rbp_scaling",
-                 "vocab", "multi"):
+                 "vocab", "multi", "similarity"):
         assert name in frames and frames[name].height > 0, name
         assert (tmp_path / f"{name}.parquet").is_file()
     bs = frames["bootstrap"]
@@ -44,7 +52,7 @@ def test_law_run_writes_every_frame(stores, tmp_path):
     assert set(frames["fits"]["primary"]) == {"big", "mid"}
     assert (tmp_path / "ar_law.png").is_file()
     md = (tmp_path / "law.md").read_text()
-    assert "n_params_nonembed" in md and "Multi-model fusion" in md
+    assert "n_params_nonembed" in md and "Multi-model fusion" in md and "Similarity-based" in md
 
 
 @pytest.mark.slow

@@ -43,3 +43,19 @@ def test_similarity_sweep_and_optimum():
         load_embedding(sa)
     with pytest.raises(SimilarityError, match="-1"):
         similarity_at(similarity_terms(sa, sb, emb), -1.0)
+
+
+def test_embedding_table_of_a_real_store(tmp_path):
+    from pipeline.store import StoreWriter, open_store
+    from pipeline.store.synthetic import arrays_from_logprobs, synthetic_attrs
+
+    _, _, lp_a, _, targets = ref.make_pair(0, n=50, vocab=12, k=4)
+    emb = np.random.default_rng(0).standard_normal((12, 5)).astype(np.float32)
+    attrs = synthetic_attrs("A")
+    w = StoreWriter(tmp_path / "a.zarr", n_positions=50, top_k=4, n_classes=12, logprob_dtype="float16",
+                    attrs=attrs, setting_hash="x")
+    with w:
+        w.write(0, **arrays_from_logprobs(lp_a, targets, 4, "float16"))
+        w.write_table("embedding", emb)
+    w.close()
+    assert np.array_equal(load_embedding(open_store(tmp_path / "a.zarr")), emb)
