@@ -191,8 +191,8 @@ def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
     from .multi import MultiData, multi_summary
     from .pair import Pair
     from .rbp import pair_rbp, rbp_scaling, single_rbp
-    from .theorems import mainstay_deviation, theorem_checks
     from .similarity import similarity_sweep
+    from .theorems import mainstay_deviation, theorem_checks
     from .vocab_use import vocab_use
 
     groups, skipped = _groups(cfg.stores)

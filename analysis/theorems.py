@@ -94,7 +94,6 @@ def stratification_terms(pair) -> dict[str, np.ndarray]:
     a, b = data.a, data.b
     la, ha = list_bounds(ra["topk_logprobs"])
     lb, hb = list_bounds(rb["topk_logprobs"])
-    ua = outside_bound(ra["topk_ids"], ra["topk_logprobs"], ra["tail_logmass"], ra["targets"], a)
     ub = outside_bound(rb["topk_ids"], rb["topk_logprobs"], rb["tail_logmass"], rb["targets"], b)
     rows = np.arange(len(t))
     ia = _other_top(ra["topk_ids"], t)

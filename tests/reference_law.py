@@ -11,7 +11,6 @@ import itertools
 import math
 
 import numpy as np
-
 import reference as ref  # noqa: F401  (puts the repository first on sys.path)
 
 
@@ -275,7 +274,7 @@ def similarity_bounds(arr_a, arr_b, emb, ncls_a, p):
     for s in range(n):
         t = int(arr_a["targets"][s])
         ib = int(arr_b["topk_ids"][s, 0])
-        sim = lambda j: max(0.0, min(1.0, float(e[j] @ e[ib])))  # noqa: E731
+        sim = lambda j: max(0.0, min(1.0, float(e[j] @ e[ib])))  # noqa: E731, B023
         pw = lambda x: (x ** p if x > 0 else 0.0) if p > 0 else 1.0  # noqa: E731
         a = math.exp(float(arr_a["target_logprob"][s]))
         gt = a * pw(sim(t))

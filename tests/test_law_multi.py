@@ -9,6 +9,7 @@ import pytest
 import reference as ref
 import reference_law as rl
 
+from analysis.errors import WeightError
 from analysis.multi import (
     MultiData,
     MultiFusionError,
@@ -19,7 +20,6 @@ from analysis.multi import (
     geometric_weights,
     multi_summary,
 )
-from analysis.errors import WeightError
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -8,7 +8,14 @@ import reference as ref
 import reference_law as rl
 
 from analysis import Pair
-from analysis.similarity import SimilarityError, load_embedding, similarity_at, similarity_optimum, similarity_sweep, similarity_terms
+from analysis.similarity import (
+    SimilarityError,
+    load_embedding,
+    similarity_at,
+    similarity_optimum,
+    similarity_sweep,
+    similarity_terms,
+)
 
 
 @pytest.mark.parametrize("seed,dtype,k", [(0, "float16", 4), (1, "float32", 12), (2, "float16", 6)])
