@@ -187,7 +187,7 @@ def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
 
     from pipeline.store import IncompatiblePairError
 
-    from .bootstrap import bootstrap, table_columns
+    from .bootstrap import BootstrapError, bootstrap, table_columns
     from .multi import MultiData, multi_summary
     from .pair import Pair
     from .rbp import pair_rbp, rbp_scaling, single_rbp
@@ -232,11 +232,20 @@ def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
         if valid is not None:
             h = pair.heldout(valid)
             heldout_w = (h.w_nll, h.w_acc)
-        bs = bootstrap(pair, n_resamples=cfg.n_resamples, seed=cfg.seed, by=cfg.unit, level=cfg.level,
-                       heldout_w=heldout_w, kfold=cfg.kfold if (valid is None and cfg.kfold) else None)
-        out["bootstrap"].append(bs.with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
+        kfold = cfg.kfold if (valid is None and cfg.kfold) else None
+        bs = None
+        for by in dict.fromkeys((cfg.unit, "block")):  # documents first if asked, blocks if too few documents
+            try:
+                bs = bootstrap(pair, n_resamples=cfg.n_resamples, seed=cfg.seed, by=by, level=cfg.level,
+                               heldout_w=heldout_w, kfold=kfold)
+                break
+            except BootstrapError as e:
+                log.warning("bootstrap of %s by %s: %s", pair, by, e)
         pts = law_points([pair], cfg.param_count)
-        out["points"].append(pts.with_columns(**{k: pl.lit(v) for k, v in table_columns(bs).items()}))
+        if bs is not None:
+            out["bootstrap"].append(bs.with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
+            pts = pts.with_columns(**{k: pl.lit(v) for k, v in table_columns(bs).items()})
+        out["points"].append(pts)
         out["theorems"].append(theorem_checks(pair).with_columns(pl.lit(dataset).alias("dataset"), pl.lit(split).alias("split")))
         out["mainstay"].append(mainstay_deviation(pair, cfg.mainstay_top).with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
         out["rbp_pairs"].append(pair_rbp(pair, cfg.rbp_ks).with_columns(pl.lit(dataset).alias("dataset"), pl.lit(split).alias("split")))

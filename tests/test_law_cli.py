@@ -63,3 +63,11 @@ def test_law_cli_subprocess(stores, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "# AR law" in r.stdout
     assert (tmp_path / "fits.parquet").is_file()
+
+
+def test_law_run_skips_the_bootstrap_of_too_small_pairs(stores, tmp_path):
+    # 600 positions are a single 4,096-position block: no block bootstrap, everything else still runs.
+    frames = run(LawSettings(stores=stores, out_dir=tmp_path, n_resamples=50, unit="block", kfold=0,
+                             rbp_ks=(1,), multi=False, plots=False))
+    assert "bootstrap" not in frames and frames["points"].height == 6
+    assert frames["theorems"].height == 6
