@@ -133,3 +133,26 @@ def test_bootstrap_errors_name_the_value():
         make_units(10, "weird")
     with pytest.raises(BootstrapError, match="level=1.5"):
         bootstrap(None, data=data, level=1.5)
+
+
+def test_resampled_optima_on_realistic_top64_float16_lists():
+    """Zipf-shaped K = 64 float16 lists over a 50,257-token vocabulary (the benchmark's data), block units."""
+    from pipeline.store.synthetic import synthetic_attrs, zipf_blocks
+
+    from analysis.data import MemoryStore
+
+    _, (arr_a, arr_b) = next(zipf_blocks(5 * 4096, k=64, vocab=50257, seed=3))
+    sa = MemoryStore(arr_a, n_classes=50257, attrs=synthetic_attrs("A", n_params=10 ** 9))
+    sb = MemoryStore(arr_b, n_classes=50257, attrs=synthetic_attrs("B", n_params=10 ** 8))
+    data = PairData.load(sa, sb)
+    units = make_units(data.n, "block")
+    counts = draw_counts(units.n_units, 8, seed=0)
+    full = nll_optimum(data)
+    ro = resampled_optima(data, units, counts, centres=(math.log(full.alpha), math.log(full.d)))
+    for r in range(counts.shape[0]):
+        sub = _subset(data, rl.resample_positions(units.unit, counts[r]))
+        want = nll_optimum(sub)
+        assert ro.alpha_nll[r] == pytest.approx(want.alpha, rel=1e-7)
+        assert ro.d_nll[r] == pytest.approx(want.d, rel=1e-7)
+        acc = acc_optimum(sub)
+        assert (ro.alpha_acc[r], ro.d_acc[r]) == (acc.alpha, acc.d)
