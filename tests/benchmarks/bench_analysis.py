@@ -160,7 +160,7 @@ def main():
     say("# Analysis benchmark")
     say()
     say("Produced by `make bench-analysis` (`.venv/bin/python tests/benchmarks/bench_analysis.py`); do not edit by hand. "
-        f"This run: `.venv/bin/python tests/benchmarks/bench_analysis.py {' '.join(sys.argv[1:])}`.".replace(" `.", "`."))
+        f"This run: `{' '.join(['.venv/bin/python', 'tests/benchmarks/bench_analysis.py', *sys.argv[1:]])}`.")
     say(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"numpy {np.__version__}, numba {numba.__version__} ({numba.get_num_threads()} threads); "
         f"1-min load average {load_start:.1f} when timing began, {os.getloadavg()[0]:.1f} at the end (the cores "
