@@ -37,7 +37,7 @@ def arrays_from_logprobs(logprobs: np.ndarray, targets: np.ndarray, k: int, logp
     with np.errstate(divide="ignore"):
         tail = np.where(np.isfinite(m), safe + np.log(np.exp(rest - safe[:, None]).sum(axis=1)), -np.inf)
         p = np.exp(lp)
-        ent = -np.where(p > 0, p * lp, 0.0).sum(axis=1)
+        ent = -(p * np.where(p > 0, lp, 0.0)).sum(axis=1)  # 0 log 0 = 0
     ones = np.ones(n, np.int32)
     return {
         "targets": t.astype(np.int32),
