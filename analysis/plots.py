@@ -91,3 +91,42 @@ def save(fig, path) -> Path:
     fig.savefig(path, dpi=120)
     _plt().close(fig)
     return path
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in str(s))
+
+
+def plot_run(frames: dict, out_dir, skip_splits=()) -> list[Path]:
+    """The PNGs of a sweep run (`analysis.sweep` frames): per pair, relative improvement in PPL and certified
+    ACC against beta and the T/F/N flips; per dataset split, alpha against the parameter ratio k."""
+    from .curves import relative_improvement_curve
+
+    plt = _plt()
+    out_dir = Path(out_dir)
+    written = []
+    sweeps = frames.get("sweeps")
+    if sweeps is not None and sweeps.height:
+        keys = ["primary", "secondary", "dataset", "split"]
+        for key, sw in sorted(sweeps.group_by(keys, maintain_order=True), key=lambda kv: kv[0]):
+            primary, secondary, dataset, split = key
+            if split in skip_splits:
+                continue
+            curve = relative_improvement_curve(sw)
+            fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+            label = f"A={primary}, B={secondary}"
+            improvement_vs_beta({label: curve}, "ppl", ax=axes[0], title=f"PPL, {dataset}/{split}")
+            improvement_vs_beta({label: curve}, "acc_lo", ax=axes[1], title=f"certified ACC (lower), {dataset}/{split}")
+            partition_flips(curve, ax=axes[2], title=f"T/F/N flips, {label}")
+            written.append(save(fig, out_dir / f"pair_{_slug(dataset)}_{_slug(split)}_{_slug(primary)}_vs_"
+                                               f"{_slug(secondary)}.png"))
+    pairs = frames.get("pairs")
+    if pairs is not None and pairs.height and "k" in pairs.columns:
+        for (dataset, split), p in sorted(pairs.group_by(["dataset", "split"], maintain_order=True),
+                                          key=lambda kv: kv[0]):
+            if split in skip_splits:
+                continue
+            k_from = p["k_from"][0] if "k_from" in p.columns else "k"
+            fig = alpha_vs_k(p, title=f"alpha vs k ({k_from}), {dataset}/{split}")
+            written.append(save(fig, out_dir / f"alpha_vs_k_{_slug(dataset)}_{_slug(split)}.png"))
+    return written

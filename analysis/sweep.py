@@ -39,13 +39,15 @@ class AnalyzeSettings:
     param_count: str = "n_params_nonembed"
     order: str = "auto"
     write_sweeps: bool = True
+    plots: bool = False
 
     @classmethod
     def from_cfg(cls, cfg, out_dir) -> AnalyzeSettings:
         a = cfg.analysis
         return cls(stores=Path(str(cfg.stores)), out_dir=Path(out_dir), n_weights=int(a.n_weights),
                    metrics=tuple(a.metrics), valid_splits=tuple(a.valid_splits), param_count=str(a.param_count),
-                   order=str(a.order), write_sweeps=bool(a.write_sweeps))
+                   order=str(a.order), write_sweeps=bool(a.write_sweeps),
+                   plots=bool(a.get("plots", False)))
 
 
 @dataclass
@@ -227,6 +229,11 @@ def main() -> None:
         settings = AnalyzeSettings.from_cfg(cfg, HydraConfig.get().runtime.output_dir)
         frames = run(settings)
         print((settings.out_dir / "table.md").read_text())  # the CLI's one print: the final table
+        if settings.plots:
+            from .plots import plot_run
+
+            pngs = plot_run(frames, settings.out_dir / "plots", skip_splits=settings.valid_splits)
+            log.info("%d plots in %s", len(pngs), settings.out_dir / "plots")
         log.info("%d pairs, %d skipped", frames["pairs"].height, frames["skipped"].height)
 
     _main()

@@ -58,3 +58,20 @@ def test_plots_write_pngs(pair, tmp_path):
         img = imread(f)
         assert img.shape[0] > 100 and img.shape[1] > 100
         assert img[..., :3].std() > 0.01  # something was drawn
+
+
+def test_plot_run_draws_every_pair_and_the_law(tmp_path):
+    from analysis.sweep import AnalyzeSettings, run
+
+    rng = np.random.default_rng(5)
+    for split in ("valid", "test"):
+        targets, models = random_distributions(300, 25, rng, n_models=3, noise=(0.6, 1.0, 1.6))
+        for name, params, lp in zip(("big", "mid", "small"), (8_000_000, 2_000_000, 500_000), models):
+            write_store_from_logprobs(tmp_path / "stores" / split / f"{name}.zarr", lp, targets, 8, model=name,
+                                      n_params=params, split=split)
+    frames = run(AnalyzeSettings(stores=tmp_path / "stores", out_dir=tmp_path / "run"))
+    pngs = plots.plot_run(frames, tmp_path / "run" / "plots", skip_splits=("valid",))
+    names = sorted(p.name for p in pngs)
+    assert names == ["alpha_vs_k_synthetic_test.png", "pair_synthetic_test_big_vs_mid.png",
+                     "pair_synthetic_test_big_vs_small.png", "pair_synthetic_test_mid_vs_small.png"]
+    assert all(p.stat().st_size > 10_000 for p in pngs)
