@@ -93,8 +93,11 @@ def synthetic_attrs(model: str, *, n_params: int = 1_000_000, dataset: str = "sy
 def write_store_from_logprobs(path, logprobs, targets, k: int, logprob_dtype: str = "float16", *,
                               model: str = "model", n_params: int = 1_000_000, doc_id=None, n_chars=None,
                               n_bytes=None, attrs: dict | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                              overwrite: bool = False, **attr_kwargs):
-    """Write a store whose every array is computed by brute force from full log-probs; returns the Store."""
+                              overwrite: bool = False, tables: dict | None = None, **attr_kwargs):
+    """Write a store whose every array is computed by brute force from full log-probs; returns the Store.
+
+    ``tables``: non-position arrays to store too (e.g. {"vocab": strings}).
+    """
     arrays = arrays_from_logprobs(logprobs, targets, k, logprob_dtype, doc_id=doc_id, n_chars=n_chars,
                                   n_bytes=n_bytes)
     a = synthetic_attrs(model, n_params=n_params, **attr_kwargs)
@@ -104,6 +107,8 @@ def write_store_from_logprobs(path, logprobs, targets, k: int, logprob_dtype: st
     w = StoreWriter(path, n_positions=n, top_k=k, n_classes=v, logprob_dtype=logprob_dtype, attrs=a,
                     setting_hash=config_hash([a, k, logprob_dtype]), chunk_size=chunk_size, overwrite=overwrite)
     with w:
+        for name, table in (tables or {}).items():
+            w.write_table(name, table)
         w.write(0, **arrays)
     return w.close()
 
