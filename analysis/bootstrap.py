@@ -677,3 +677,21 @@ def plot_intervals(frame: pl.DataFrame, statistic: str = "dppl", ax=None):
     ax.set_yticks(y, labels)
     ax.set_xlabel(f"{statistic} (fused - primary alone)")
     return ax
+
+
+def sweep_columns(pair, *, heldout_w: tuple[float, float] | None = None, n_resamples: int = 1000, seed: int = 0,
+                  by: str = "block", level: float = 0.95, kfold: int = 5) -> dict:
+    """The interval columns a pairs table gains (`table_columns`), for one pair: held-out intervals when
+    ``heldout_w`` is given, else K-fold (``kfold`` > 0); document units fall back to blocks. A pair too small for
+    any unit gets ``bootstrap_note`` with the reason instead."""
+    note = ""
+    for unit in dict.fromkeys((by, "block")):
+        try:
+            frame = bootstrap(pair, n_resamples=n_resamples, seed=seed, by=unit, level=level, heldout_w=heldout_w,
+                              kfold=None if heldout_w is not None or not kfold else kfold)
+            return {**table_columns(frame), "bootstrap_unit": unit, "bootstrap_resamples": n_resamples,
+                    "bootstrap_seed": seed}
+        except BootstrapError as e:
+            note = str(e)
+            log.warning("bootstrap of %s by %s: %s", pair, unit, e)
+    return {"bootstrap_note": note}

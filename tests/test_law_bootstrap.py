@@ -18,6 +18,7 @@ from analysis.bootstrap import (
     percentile_interval,
     position_values,
     resampled_optima,
+    sweep_columns,
     table_columns,
 )
 from analysis.data import PairData
@@ -137,9 +138,8 @@ def test_bootstrap_errors_name_the_value():
 
 def test_resampled_optima_on_realistic_top64_float16_lists():
     """Zipf-shaped K = 64 float16 lists over a 50,257-token vocabulary (the benchmark's data), block units."""
-    from pipeline.store.synthetic import synthetic_attrs, zipf_blocks
-
     from analysis.data import MemoryStore
+    from pipeline.store.synthetic import synthetic_attrs, zipf_blocks
 
     _, (arr_a, arr_b) = next(zipf_blocks(5 * 4096, k=64, vocab=50257, seed=3))
     sa = MemoryStore(arr_a, n_classes=50257, attrs=synthetic_attrs("A", n_params=10 ** 9))
@@ -156,3 +156,15 @@ def test_resampled_optima_on_realistic_top64_float16_lists():
         assert ro.d_nll[r] == pytest.approx(want.d, rel=1e-7)
         acc = acc_optimum(sub)
         assert (ro.alpha_acc[r], ro.d_acc[r]) == (acc.alpha, acc.d)
+
+
+def test_sweep_columns_for_the_pairs_table():
+    from analysis import Pair
+
+    sa, sb, *_ = ref.memory_pair(8, n=2 * 4096 + 10)
+    cols = sweep_columns(Pair(sa, sb), heldout_w=(0.8, 0.8), n_resamples=50, by="doc")
+    assert cols["bootstrap_unit"] == "block"  # one document only: falls back to blocks
+    assert {"heldout_dppl_ci_lo", "insample_alpha_nll_ci_hi", "insample_dacc_lo_ci_lo"} <= set(cols)
+    assert cols["insample_alpha_nll_ci_lo"] <= cols["insample_alpha_nll_ci_hi"]
+    small = ref.memory_pair(8, n=100)
+    assert "only 1 resampling unit" in sweep_columns(Pair(*small[:2]), n_resamples=50)["bootstrap_note"]
