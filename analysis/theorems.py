@@ -182,7 +182,7 @@ def theorem_checks(pair) -> pl.DataFrame:
         "A25_improves_certified": best_lo_below1 > acc_a, "A25_improves_possible": best_hi_below1 > acc_a,
         "A25_premise": bool(sets["strict_lo"].any()),
         "A25_consistent": (not sets["strict_lo"].any()) or best_hi_below1 > acc_a,
-        "A27_unimodal_lo": dip_lo == 0, "A27_dip_lo": dip_lo, "A27_peaks_lo": peaks_lo,
+        "A27_unimodal_lo": dip_lo == 0, "A27_dip_lo": dip_lo, "A27_dip_frac_lo": dip_lo / n, "A27_peaks_lo": peaks_lo,
         "A27_unimodal_hi": dip_hi == 0, "A27_dip_hi": dip_hi, "A27_peaks_hi": peaks_hi,
     }
     return pl.DataFrame([row])
