@@ -14,10 +14,20 @@ from .errors import (
     TargetMismatchError,
     WeightError,
 )
+from .bootstrap import BootstrapError, bootstrap, kfold_choice, sweep_columns
+from .law import ar_law, fit_power_law, law_points
+from .multi import MultiData, em_weights, geometric_sweep, multi_summary
 from .pair import Heldout, Optimum, Pair, open_store, relative_improvement
+from .rbp import fused_rbp, pair_rbp, rbp_scaling, single_rbp
+from .similarity import similarity_sweep
+from .theorems import mainstay_deviation, theorem_checks
+from .vocab_use import vocab_use
 
 __all__ = [
     "MemoryStore", "PairData", "AnalysisError", "DegenerateObjectiveError", "HeldoutMismatchError",
     "NonFiniteStoreError", "TargetMismatchError", "WeightError", "Heldout", "Optimum", "Pair", "open_store",
-    "relative_improvement", "align", "find_stores",
+    "relative_improvement", "align", "find_stores", "BootstrapError", "bootstrap", "kfold_choice", "sweep_columns",
+    "ar_law", "fit_power_law", "law_points", "MultiData", "em_weights", "geometric_sweep", "multi_summary",
+    "fused_rbp", "pair_rbp", "rbp_scaling", "single_rbp", "similarity_sweep", "mainstay_deviation",
+    "theorem_checks", "vocab_use",
 ]

@@ -40,6 +40,10 @@ class AnalyzeSettings:
     order: str = "auto"
     write_sweeps: bool = True
     plots: bool = False
+    n_resamples: int = 1000  # paired blocked bootstrap (0: no confidence intervals)
+    bootstrap_unit: str = "auto"
+    seed: int = 0
+    kfold: int = 5
 
     @classmethod
     def from_cfg(cls, cfg, out_dir) -> AnalyzeSettings:
@@ -47,7 +51,9 @@ class AnalyzeSettings:
         return cls(stores=Path(str(cfg.stores)), out_dir=Path(out_dir), n_weights=int(a.n_weights),
                    metrics=tuple(a.metrics), valid_splits=tuple(a.valid_splits), param_count=str(a.param_count),
                    order=str(a.order), write_sweeps=bool(a.write_sweeps),
-                   plots=bool(a.get("plots", False)))
+                   plots=bool(a.get("plots", False)), n_resamples=int(a.get("n_resamples", 1000)),
+                   bootstrap_unit=str(a.get("bootstrap_unit", "auto")), seed=int(a.get("seed", 0)),
+                   kfold=int(a.get("kfold", 5)))
 
 
 @dataclass
@@ -127,6 +133,14 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
                     dataset=pl.lit(a.dataset.get("name")), split=pl.lit(a.dataset.get("split"))))
     _skipped_across_groups(groups, found)
     _heldout(pairs, cfg)
+    if cfg.n_resamples:
+        from .bootstrap import sweep_columns
+
+        for entry in pairs.values():
+            row = entry["row"]
+            hw = (row["heldout_w_nll"], row["heldout_w_acc"]) if "heldout_w_nll" in row else None
+            row.update(sweep_columns(entry["pair"], heldout_w=hw, n_resamples=cfg.n_resamples, seed=cfg.seed,
+                                     by=_unit(cfg.bootstrap_unit, entry["pair"]), kfold=cfg.kfold))
     return _write(cfg, baselines, pairs, sweeps, found)
 
 
@@ -202,11 +216,40 @@ def render(frames: dict, cfg: AnalyzeSettings) -> str:
                             "d_acc", "d_acc_disconnected", "heldout_alpha_nll", "flags") if c in prs.columns]
         parts += ["## Optimal weight ratios (beta = w / (1 - w); inf = primary alone)", "",
                   _markdown(prs.select(cols)), ""]
+    ci = _intervals(prs) if prs.height else None
+    if ci is not None:
+        parts += ["## 95% bootstrap intervals (fused minus primary alone; in-sample re-optimises w on every resample)",
+                  "", _markdown(ci), ""]
     if not families:
         parts.append("No pairs: fewer than two compatible stores found.\n")
     if skipped.height:
         parts += ["## Skipped", "", _markdown(skipped), ""]
     return "\n".join(parts)
+
+
+def _unit(unit: str, pair) -> str:
+    """'auto': the fixed 4,096-position blocks when there are at least 100 of them, else documents."""
+    if unit != "auto":
+        return unit
+    return "block" if pair.primary.n >= 100 * 4096 or not pair.primary.has("doc_id") else "doc"
+
+
+def _intervals(prs: pl.DataFrame) -> pl.DataFrame | None:
+    """'[lo, hi]' cells for the bootstrap columns present (see analysis.bootstrap.table_columns)."""
+    stats = [(scope, stat) for scope in ("insample", "heldout", "kfold") for stat in ("dppl", "dbpc", "dacc_lo",
+                                                                                      "alpha_nll", "d_nll")
+             if f"{scope}_{stat}_ci_lo" in prs.columns]
+    if not stats and "bootstrap_note" not in prs.columns:
+        return None
+    def fmt(lo, hi):
+        return "" if lo is None or hi is None else f"[{lo:.4g}, {hi:.4g}]"
+    cols = {"primary": prs["primary"], "secondary": prs["secondary"], "dataset": prs["dataset"], "split": prs["split"]}
+    for scope, stat in stats:
+        cols[f"{stat} ({scope})"] = [fmt(lo, hi) for lo, hi in zip(prs[f"{scope}_{stat}_ci_lo"],
+                                                                    prs[f"{scope}_{stat}_ci_hi"])]
+    if "bootstrap_note" in prs.columns:
+        cols["note"] = [n or "" for n in prs["bootstrap_note"]]
+    return pl.DataFrame(cols)
 
 
 def _markdown(df: pl.DataFrame) -> str:
