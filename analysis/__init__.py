@@ -5,6 +5,7 @@ Never imports torch or transformers: everything here runs from the stores alone.
 
 from pipeline.store import align, find_stores
 
+from .bootstrap import BootstrapError, bootstrap, kfold_choice, sweep_columns
 from .data import MemoryStore, PairData
 from .errors import (
     AnalysisError,
@@ -14,7 +15,6 @@ from .errors import (
     TargetMismatchError,
     WeightError,
 )
-from .bootstrap import BootstrapError, bootstrap, kfold_choice, sweep_columns
 from .law import ar_law, fit_power_law, law_points
 from .multi import MultiData, em_weights, geometric_sweep, multi_summary
 from .pair import Heldout, Optimum, Pair, open_store, relative_improvement

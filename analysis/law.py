@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from .errors import AnalysisError
+from .table import markdown
 
 log = logging.getLogger(__name__)
 
@@ -286,42 +287,32 @@ def _write(cfg: LawSettings, frames: dict) -> None:
     log.info("wrote %s", out)
 
 
-def _markdown(df: pl.DataFrame) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return "inf" if v == math.inf else ("nan" if v != v else f"{v:.4g}")
-        return "" if v is None else str(v)
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.iter_rows()]
-    return "\n".join(lines)
-
-
 def render(frames: dict, cfg: LawSettings) -> str:
     parts = ["# AR law: intervals, fits and checks", "",
              f"Parameter ratio k from `{cfg.param_count}`; bootstrap: {cfg.n_resamples} resamples of {cfg.unit} "
              f"units, seed {cfg.seed}, {cfg.level:.0%} percentile intervals.", ""]
     if "fits" in frames:
-        parts += ["## alpha, D ~ c k^p (finite points; 0 / inf excluded and counted)", "", _markdown(frames["fits"]), ""]
+        parts += ["## alpha, D ~ c k^p (finite points; 0 / inf excluded and counted)", "", markdown(frames["fits"]), ""]
     if "bootstrap" in frames:
         bs = frames["bootstrap"].select("primary", "secondary", "dataset", "split", "scope", "statistic", "estimate",
                                         "ci_lo", "ci_hi")
-        parts += ["## Bootstrap intervals (gains are fused minus primary alone)", "", _markdown(bs), ""]
+        parts += ["## Bootstrap intervals (gains are fused minus primary alone)", "", markdown(bs), ""]
     if "theorems" in frames:
-        parts += ["## Appendix A checks", "", _markdown(frames["theorems"]), ""]
+        parts += ["## Appendix A checks", "", markdown(frames["theorems"]), ""]
     if "rbp_scaling" in frames:
-        parts += ["## Relative-based scaling law: -log RBP@k = c N^-gamma", "", _markdown(frames["rbp_scaling"]), ""]
+        parts += ["## Relative-based scaling law: -log RBP@k = c N^-gamma", "", markdown(frames["rbp_scaling"]), ""]
     if "vocab" in frames:
-        parts += ["## Vocabulary use (appendix B.1)", "", _markdown(frames["vocab"]), ""]
+        parts += ["## Vocabulary use (appendix B.1)", "", markdown(frames["vocab"]), ""]
     if "multi" in frames:
-        parts += ["## Multi-model fusion", "", _markdown(frames["multi"]), ""]
+        parts += ["## Multi-model fusion", "", markdown(frames["multi"]), ""]
     if "similarity" in frames:
         from .similarity import similarity_optimum
 
         rows = [{"primary": key[0], "secondary": key[1], **similarity_optimum(g)}
                 for key, g in frames["similarity"].group_by(["primary", "secondary"], maintain_order=True)]
-        parts += ["## Similarity-based variant (appendix B.3): best exponent p", "", _markdown(pl.DataFrame(rows)), ""]
+        parts += ["## Similarity-based variant (appendix B.3): best exponent p", "", markdown(pl.DataFrame(rows)), ""]
     if frames["skipped"].height:
-        parts += ["## Skipped", "", _markdown(frames["skipped"]), ""]
+        parts += ["## Skipped", "", markdown(frames["skipped"]), ""]
     return "\n".join(parts)
 
 

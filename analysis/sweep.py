@@ -24,7 +24,7 @@ import polars as pl
 from pipeline.store import IncompatiblePairError, StoreError, align, find_stores, open_store
 
 from .pair import Pair
-from .table import paper_table
+from .table import markdown, paper_table
 
 log = logging.getLogger(__name__)
 
@@ -215,15 +215,15 @@ def render(frames: dict, cfg: AnalyzeSettings) -> str:
         cols = [c for c in ("primary", "secondary", "dataset", "split", "k", "alpha_nll", "d_nll", "alpha_acc",
                             "d_acc", "d_acc_disconnected", "heldout_alpha_nll", "flags") if c in prs.columns]
         parts += ["## Optimal weight ratios (beta = w / (1 - w); inf = primary alone)", "",
-                  _markdown(prs.select(cols)), ""]
+                  markdown(prs.select(cols)), ""]
     ci = _intervals(prs) if prs.height else None
     if ci is not None:
         parts += ["## 95% bootstrap intervals (fused minus primary alone; in-sample re-optimises w on every resample)",
-                  "", _markdown(ci), ""]
+                  "", markdown(ci), ""]
     if not families:
         parts.append("No pairs: fewer than two compatible stores found.\n")
     if skipped.height:
-        parts += ["## Skipped", "", _markdown(skipped), ""]
+        parts += ["## Skipped", "", markdown(skipped), ""]
     return "\n".join(parts)
 
 
@@ -250,16 +250,6 @@ def _intervals(prs: pl.DataFrame) -> pl.DataFrame | None:
     if "bootstrap_note" in prs.columns:
         cols["note"] = [n or "" for n in prs["bootstrap_note"]]
     return pl.DataFrame(cols)
-
-
-def _markdown(df: pl.DataFrame) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return "inf" if v == math.inf else f"{v:.4g}"
-        return "" if v is None else str(v)
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.iter_rows()]
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -64,3 +64,14 @@ def paper_table(baselines: pl.DataFrame, pairs: pl.DataFrame, metrics: list[str]
     lines.append("")
     lines.extend(notes)
     return "\n".join(lines).strip() + "\n"
+
+
+def markdown(df: pl.DataFrame) -> str:
+    """A plain markdown table of a frame (floats to 4 significant digits; inf and nan spelled out)."""
+    def cell(v):
+        if isinstance(v, float):
+            return "inf" if v == math.inf else ("nan" if v != v else f"{v:.4g}")
+        return "" if v is None else str(v)
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.iter_rows()]
+    return "\n".join(lines)

@@ -1,6 +1,5 @@
 """The notebooks run headless, top to bottom, on small stores built here (outputs are stripped in git)."""
 
-import os
 from pathlib import Path
 
 import nbformat

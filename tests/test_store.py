@@ -25,8 +25,8 @@ from pipeline.store import (
     UnknownSchemaError,
     align,
     open_store,
-    store_path,
     setting_tag,
+    store_path,
     verify_store,
 )
 from pipeline.store.schema import LOCK_FILE, POSITION_ARRAYS, PROGRESS_FILE

@@ -11,9 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pipeline.extraction.config import DatasetSpec
+from pipeline.extraction.config import DatasetSpec, ModelSpec
 from pipeline.extraction.models import load_model
-from pipeline.extraction.config import ModelSpec
 from pipeline.training.config import TrainConfigError, TrainSpec, train_spec_from_dict
 from pipeline.training.models import ARRNNConfig, ARRNNForCausalLM
 from pipeline.training.run import MARKER, train

@@ -226,6 +226,8 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
             lo, hi = batches.bounds(b)
             pos = int(windows.offset[lo])
             meta = stream.position_arrays(windows, lo, hi)
+            if len(meta["targets"]) == 0:  # a batch of windows without targets (only BOS tokens)
+                continue
             ids, mask, rows = batches.inputs(b, lm.device)
             tgt = torch.from_numpy(meta["targets"].astype(np.int64)).to(lm.device)
             where = f"(batch {b}, positions {pos}..{int(windows.offset[hi])})"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import StoreWriter, open_store
+from pipeline.store import StoreWriter
 from pipeline.store.synthetic import synthetic_attrs, zipf_blocks
 
 N = 524_288
