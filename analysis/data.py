@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.store import Store
+
 from . import kernels
 from .errors import NonFiniteStoreError, TargetMismatchError
 from .lut import TAIL_WIDEN, float16_tables
@@ -29,58 +31,23 @@ NWW, T, F, NRR = 0, 1, 2, 3
 PARTITIONS = {"Nww": NWW, "T": T, "F": F, "Nrr": NRR}
 
 
-class MemoryStore:
-    """A store held in memory: the arrays of `pipeline.store.synthetic.arrays_from_logprobs` plus attrs."""
+class MemoryStore(Store):
+    """A store held in memory: the arrays of `pipeline.store.synthetic.arrays_from_logprobs` plus attrs.
+
+    It is a `pipeline.store.Store` whose "group" is the dict of numpy arrays, so reads, chunk iteration and the
+    K-truncated view behave exactly as on disk.
+    """
 
     def __init__(self, arrays: dict, *, n_classes: int, attrs: dict | None = None, chunk_size: int = 65536,
                  path: str = "<memory>"):
         self.arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-        self.n = self.n_valid = int(len(self.arrays["targets"]))
-        self.k = int(self.arrays["topk_ids"].shape[1])
-        self.n_classes = int(n_classes)
-        self.logprob_dtype = str(self.arrays["topk_logprobs"].dtype)
-        self.chunk_size = int(chunk_size)
-        self.attrs = dict(attrs or {})
-        self.attrs.setdefault("model", {"name": "memory"})
-        self.stream_hash = self.attrs.get("stream_hash")
+        n = int(len(self.arrays["targets"]))
+        a = {"model": {"name": "memory"}, **(attrs or {})}
+        a.update(n_positions=n, top_k=int(self.arrays["topk_ids"].shape[1]), n_classes=int(n_classes),
+                 logprob_dtype=str(self.arrays["topk_logprobs"].dtype), chunk_size=int(chunk_size),
+                 arrays=list(self.arrays), complete=True)
+        super().__init__(path, self.arrays, a, n)
         self.path = path
-        self.complete = True
-
-    @property
-    def model(self) -> dict:
-        return self.attrs.get("model", {})
-
-    @property
-    def dataset(self) -> dict:
-        return self.attrs.get("dataset", {})
-
-    @property
-    def protocol(self) -> dict:
-        return self.attrs.get("protocol", {})
-
-    def has(self, name: str) -> bool:
-        return name in self.arrays
-
-    def read(self, names, start: int = 0, stop: int | None = None) -> dict:
-        stop = self.n if stop is None else stop
-        return {n: np.ascontiguousarray(self.arrays[n][start:stop]) for n in names}
-
-    def iter_chunks(self, names, start: int = 0, stop: int | None = None):
-        stop = self.n if stop is None else stop
-        lo = start
-        while lo < stop:
-            hi = min(stop, (lo // self.chunk_size + 1) * self.chunk_size)
-            yield lo, hi, self.read(names, lo, hi)
-            lo = hi
-
-    def truncated(self, k: int) -> MemoryStore:
-        from pipeline.store.reader import truncated_tail
-
-        arr = dict(self.arrays)
-        arr["topk_ids"] = arr["topk_ids"][:, :k]
-        arr["topk_logprobs"] = arr["topk_logprobs"][:, :k]
-        arr["tail_logmass"] = truncated_tail(self.arrays["tail_logmass"], self.arrays["topk_logprobs"], k)
-        return MemoryStore(arr, n_classes=self.n_classes, attrs=self.attrs, chunk_size=self.chunk_size)
 
 
 def _lists(arrs: dict) -> tuple[np.ndarray, np.ndarray, bool]:
