@@ -110,6 +110,18 @@ def test_bad_inputs_raise_typed_errors(models, data, tmp_path):
     assert again.attrs["complete"]
 
 
+def test_skip_existing_reuses_only_a_store_of_the_same_setting(models, data, tmp_path):
+    spec = run_spec(models["gpt2"], data, tmp_path)
+    first = extract(spec)
+    reuse = RunSpec(**{**spec.__dict__, "skip_existing": True})
+    again = extract(reuse)
+    assert again.attrs["setting_hash"] == first.attrs["setting_hash"]
+    assert again.attrs["metrics"] == first.attrs["metrics"]  # not rewritten
+    other = RunSpec(**{**reuse.__dict__, "extract": ExtractSpec(**{**reuse.extract.__dict__, "top_k": 5})})
+    with pytest.raises(StoreExistsError, match="another setting"):
+        extract(other)
+
+
 def test_nan_logits_raise_and_leave_no_complete_store(models, data, tmp_path):
     spec = run_spec(models["qwen2"], data, tmp_path)
     lm = load_model(spec.model)

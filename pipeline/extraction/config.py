@@ -85,6 +85,7 @@ class RunSpec:
     stores_root: str
     overwrite: bool
     resolved: dict[str, Any]            # the fully resolved config, recorded in the store
+    skip_existing: bool = False         # reuse a complete store of the same setting (multirun sweeps)
 
 
 def _build(cls, d: dict[str, Any], group: str):
@@ -118,4 +119,5 @@ def run_spec_from_dict(cfg: dict[str, Any]) -> RunSpec:
         stores_root=str((cfg.get("paths") or {}).get("stores", "stores")),
         overwrite=bool(cfg.get("overwrite", False)),
         resolved=cfg,
+        skip_existing=bool(cfg.get("skip_existing", False)),
     )

@@ -185,22 +185,28 @@ def _metrics(tlp: np.ndarray, correct: np.ndarray, n_chars: np.ndarray, n_bytes:
 
 def extract(spec: RunSpec, lm: LoadedModel | None = None):
     """Run one extraction to a complete store; returns the opened Store."""
-    if spec.store and not spec.overwrite:
-        _refuse_complete(Path(spec.store))  # fail before loading anything
+    if spec.store and not (spec.overwrite or spec.skip_existing):
+        _complete_store(Path(spec.store), None)  # refuse before loading anything
     docs = load_documents(spec.dataset)
     lm = lm or load_model(spec.model)
     configure_torch(spec, lm.device)
     protocol = resolve_protocol(spec, lm.max_length)
+    K = min(spec.extract.top_k, lm.n_classes)
+    path = Path(spec.store) if spec.store else default_store(spec, lm, protocol, K)
+    if not (spec.overwrite or spec.skip_existing):
+        _complete_store(path, None)
     stream = build_stream(docs.texts, lm.tokenizer, protocol, lm.bos_id)
     windows = select_windows(stream.windows(), spec.extract.max_positions)
     N = windows.n_positions
     if N == 0:
         raise EmptyDatasetError(f"dataset {spec.dataset.name!r}/{spec.dataset.split} gave no scored positions")
-    K = min(spec.extract.top_k, lm.n_classes)
     if K < spec.extract.top_k:
         log.info("top_k=%d clamped to the model's %d classes", spec.extract.top_k, lm.n_classes)
     attrs = provenance(spec, lm, docs, stream, K)
-    path = Path(spec.store) if spec.store else default_store(spec, lm, protocol, K)
+    if spec.skip_existing and not spec.overwrite:
+        done = _complete_store(path, setting_hash(attrs))
+        if done is not None:
+            return done
     lp_dtype = np.dtype(spec.extract.logprob_dtype)
     chunk = spec.extract.head_chunk or head_chunk_size(lm.n_classes, spec.extract.head_memory_mb, lm.device.type)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
@@ -252,14 +258,21 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
     return store
 
 
-def _refuse_complete(path: Path) -> None:
+def _complete_store(path: Path, reuse_if_hash: str | None):
+    """A complete store at `path` is returned if its setting_hash equals `reuse_if_hash` (skip_existing),
+    refused with StoreExistsError otherwise; None when there is no complete store there."""
     if not (path / "zarr.json").exists():
-        return
+        return None
     try:
-        open_store(path)
+        store = open_store(path)
     except StoreError:
-        return  # partial (resumable) or not a store: the writer decides
-    raise StoreExistsError(f"{path} is a complete store; pass overwrite=true to replace it, or choose another store=")
+        return None  # partial (resumable) or not a store: the writer decides
+    if reuse_if_hash is not None and store.attrs.get("setting_hash") == reuse_if_hash:
+        log.info("%s is already complete with this setting (skip_existing=true): reusing it", path)
+        return store
+    why = " of another setting (setting_hash differs)" if reuse_if_hash is not None else ""
+    raise StoreExistsError(f"{path} is a complete store{why}; pass overwrite=true to replace it, "
+                           "skip_existing=true to reuse a store of the same setting, or choose another store=")
 
 
 def _fmt(x):

@@ -133,8 +133,9 @@ median of the per-window ratios of adjacent (paired) measurements, which load dr
 1-minute load average {load} on 2 cores).
 
 Ratio = extraction loop time (model body + float32 LM head in position chunks + top-K, logsumexp,
-target log-prob, rank and ties, tail log-mass, entropy, n_chars/n_bytes, and the background store
-writes: every array of the schema) / the model's own forward including its LM head, on the same windows.
+target log-prob, rank and ties, tail log-mass, entropy, n_chars/n_bytes: every array of the schema,
+float16 cast included) / the model's own forward including its LM head, on the same windows. The store
+writes run in a background thread; "tokens/s end to end" includes them.
 
 | model | L | K | positions | bare forward (s) | extraction (s) | ratio | median per-window ratio | tokens/s | tokens/s end to end | bytes/position |
 |---|---|---|---|---|---|---|---|---|---|---|
