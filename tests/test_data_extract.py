@@ -87,6 +87,15 @@ def test_pile_sample_is_seeded_and_records_document_ids(tmp_path):
     assert load_documents(spec(**(kw | {"seed": 4}))).meta["document_ids"] != ids
 
 
+def test_pile_reads_jsonl_zst_streaming(tmp_path):
+    zstandard = pytest.importorskip("zstandard")
+    lines = "".join(json.dumps({"text": f"doc {i} é", "meta": {}}) + "\n" for i in range(30)).encode()
+    (tmp_path / "val.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+    docs = load_documents(spec(loader="pile", split="validation", path=str(tmp_path),
+                               files={"validation": "val.jsonl.zst"}, n_documents=5))
+    assert docs.texts == [f"doc {i} é" for i in docs.meta["document_ids"]] and docs.meta["population"] == 30
+
+
 def test_lambada_parquet_directory(tmp_path):
     d = tmp_path / "plain_text" / "validation"
     d.mkdir(parents=True)

@@ -13,6 +13,7 @@ import dataclasses
 import glob
 import hashlib
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -252,15 +253,45 @@ def load_lm1b(spec: DatasetSpec):
     return [line for line in text.split("\n") if line.strip()], {"source": source, "revision": None, "file": member}
 
 
+def _iter_lines(path: str):
+    """Lines of a .jsonl or .jsonl.zst file, streamed (the Pile test set is ~1 GB uncompressed)."""
+    if path.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raise DatasetNotFoundError(f"{path} is zstd-compressed: `pip install zstandard` or decompress it") from None
+        with open(path, "rb") as f:
+            yield from io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8")
+    else:
+        with open(path, encoding="utf-8") as f:
+            yield from f
+
+
 def load_pile(spec: DatasetSpec):
-    """A seeded uniform sample of n_documents Pile documents; the chosen indices are recorded."""
+    """A seeded uniform sample of n_documents Pile documents; the chosen indices are recorded.
+    Two streaming passes: count the documents, then parse only the chosen ones."""
     files, source, revision = _resolve_files(spec)
-    rows = [t for f in files for t in read_records(f, spec.text_field)]
-    n = spec.n_documents or len(rows)
-    ids = np.sort(np.random.default_rng(spec.seed).choice(len(rows), size=min(n, len(rows)), replace=False))
-    return [rows[i] for i in ids], {"source": source, "revision": revision or spec.revision,
-                                    "seed": spec.seed, "population": len(rows),
-                                    "document_ids": ids.tolist()}
+    if any(f.endswith(".parquet") for f in files):
+        rows = [t for f in files for t in read_records(f, spec.text_field)]
+        lines = None
+    else:
+        rows = None
+        lines = lambda: (line for f in files for line in _iter_lines(f) if line.strip())  # noqa: E731
+    try:
+        population = len(rows) if rows is not None else sum(1 for _ in lines())
+        n = min(spec.n_documents or population, population)
+        ids = np.sort(np.random.default_rng(spec.seed).choice(population, size=n, replace=False))
+        if rows is not None:
+            docs = [rows[i] for i in ids]
+        else:
+            want, docs = set(ids.tolist()), []
+            for i, line in enumerate(lines()):
+                if i in want:
+                    docs.append(_field(json.loads(line), spec.text_field, files[0]))
+    except UnicodeDecodeError as e:
+        raise NotUTF8Error(f"{files} is not valid UTF-8 ({e.reason}); check dataset.path") from None
+    return docs, {"source": source, "revision": revision or spec.revision, "seed": spec.seed,
+                  "population": population, "document_ids": ids.tolist()}
 
 
 def load_text_file(spec: DatasetSpec):
