@@ -160,19 +160,19 @@ def _max_length(config, override: int | None) -> int | None:
 
 
 def _kernel_path(model, device: torch.device) -> str:
+    """Which implementation ran; called after a forward, so lazily loaded kernels are visible."""
     arch = type(model).__name__
-    impl = getattr(model.config, "_attn_implementation", None)
     mt = model.config.model_type
     if mt in ("mamba", "mamba2"):
-        try:
-            mod = importlib.import_module(f"transformers.models.{mt}.modeling_{mt}")
-            fast = bool(getattr(mod, "is_fast_path_available", False)) and device.type == "cuda"
-        except Exception:  # noqa: BLE001
-            fast = False
-        return f"{arch}: {'mamba_ssm/causal_conv1d fused kernels' if fast else 'PyTorch sequential fallback'}"
+        have = (importlib.util.find_spec("mamba_ssm") and importlib.util.find_spec("causal_conv1d")) or \
+            importlib.util.find_spec("kernels")
+        fused = device.type == "cuda" and bool(have)
+        return f"{arch}: {'fused CUDA kernels (mamba_ssm/causal_conv1d)' if fused else 'PyTorch sequential fallback'}"
     if mt == "rwkv":
-        return f"{arch}: {'CUDA WKV kernel' if device.type == 'cuda' else 'PyTorch WKV loop'}"
-    return f"{arch}: attention={impl}"
+        mod = importlib.import_module("transformers.models.rwkv.modeling_rwkv")
+        cuda = device.type == "cuda" and getattr(mod, "rwkv_cuda_kernel", None) is not None
+        return f"{arch}: {'CUDA WKV kernel' if cuda else 'PyTorch WKV loop'}"
+    return f"{arch}: attention={getattr(model.config, '_attn_implementation', None)}"
 
 
 def vocab_hash(tokenizer) -> str:
@@ -246,7 +246,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         "n_params_note": "of the unquantised architecture" if quant or extra else "counted on the loaded model",
         "architecture": type(model).__name__,
         "model_type": config.model_type,
-        "kernel_path": _kernel_path(model, device),
+        "kernel_path": None,  # filled in after the first forward
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "device": str(device),
         "n_classes": n_classes,
@@ -263,6 +263,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
                     "model_logits path (model forward, then float32)", spec.name)
         lm.head_weight = lm.head_bias = None
     lm.info["head_path"] = "float32 head on final hidden state" if lm.head_weight is not None else "model_logits"
+    if not plain:  # _head_matches did not run a forward: one, so lazily loaded kernels are visible
+        lm.logits(torch.zeros(1, 2, dtype=torch.long, device=device))
+    lm.info["kernel_path"] = _kernel_path(model, device)  # after a forward: lazily loaded kernels count
     return lm
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import subprocess
 import time
@@ -72,7 +73,9 @@ def _versions() -> dict:
             "tokenizers": tokenizers.__version__, "zarr": zarr.__version__, "numpy": np.__version__}
 
 
-def configure_torch(spec: RunSpec, device: torch.device) -> None:
+def configure_torch(spec: RunSpec) -> None:
+    """Before the model is loaded: cuBLAS reads its workspace setting when its handle is created."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (ignored on CPU)
     torch.backends.cuda.matmul.allow_tf32 = spec.extract.tf32
     torch.backends.cudnn.allow_tf32 = spec.extract.tf32
     if spec.extract.deterministic:
@@ -188,8 +191,8 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
     if spec.store and not (spec.overwrite or spec.skip_existing):
         _complete_store(Path(spec.store), None)  # refuse before loading anything
     docs = load_documents(spec.dataset)
+    configure_torch(spec)
     lm = lm or load_model(spec.model)
-    configure_torch(spec, lm.device)
     protocol = resolve_protocol(spec, lm.max_length)
     K = min(spec.extract.top_k, lm.n_classes)
     path = Path(spec.store) if spec.store else default_store(spec, lm, protocol, K)
