@@ -61,6 +61,8 @@ class ExtractSpec:
     stride: int | None = None           # default = context_length (disjoint windows)
     logprob_dtype: str = "float16"
     entropy: bool = True
+    store_vocab: bool = True            # the vocabulary strings (table `vocab`), so notebooks show text
+    store_embedding: bool = False       # the input embedding matrix (table `embedding`, float32)
     head_memory_mb: float = 512.0       # budget of the (P, V) float32 work tensors
     head_chunk: int | None = None       # positions per LM-head chunk; None: 128 on CPU (cache-friendly), budget on CUDA
     chunk_size: int = 65536             # store chunk (positions)

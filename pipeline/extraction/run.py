@@ -30,7 +30,7 @@ from ..store import (
 )
 from .config import RunSpec
 from .datasets import Documents, load_documents
-from .errors import ContextTooLongError, EmptyDatasetError
+from .errors import ConfigError, ContextTooLongError, EmptyDatasetError
 from .head import head_chunk_size, score_hidden, score_logits_chunked
 from .models import LoadedModel, load_model
 from .stream import Protocol, TokenStream, Windows, build_stream
@@ -221,6 +221,7 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
                          attrs=attrs, setting_hash=setting_hash(attrs), chunk_size=spec.extract.chunk_size,
                          overwrite=spec.overwrite, optional=("entropy",) if spec.extract.entropy else ())
     with writer:
+        write_tables(writer, lm, spec.extract)
         b0 = batches.first_containing(writer.n_done)
         start = int(windows.offset[batches.bounds(b0)[0]]) if b0 < batches.n else N
         keep: dict[str, list] = {"tlp": [], "ok": []}
@@ -280,3 +281,18 @@ def _complete_store(path: Path, reuse_if_hash: str | None):
 
 def _fmt(x):
     return "n/a" if x is None else f"{x:.4f}"
+
+
+def write_tables(writer: StoreWriter, lm: LoadedModel, ex) -> None:
+    """Optional tables: `vocab` (the string of every id below n_classes; '' past the tokenizer) and
+    `embedding` (the input embedding matrix, (n_classes, d) float32) for the similarity-based variant."""
+    if ex.store_vocab:
+        n_tok = min(len(lm.tokenizer), lm.n_classes)
+        strings = lm.tokenizer.batch_decode([[i] for i in range(n_tok)], clean_up_tokenization_spaces=False)
+        writer.write_table("vocab", np.array(strings + [""] * (lm.n_classes - n_tok), dtype=object), chunks=65536)
+    if ex.store_embedding:
+        emb = lm.model.get_input_embeddings()
+        if emb is None:
+            raise ConfigError(f"extract.store_embedding=true but {lm.info['architecture']} has no input embeddings")
+        w = emb.weight.detach().float().cpu().numpy()[: lm.n_classes]
+        writer.write_table("embedding", np.ascontiguousarray(w), chunks=8192)
