@@ -15,7 +15,6 @@ from .errors import (
     TargetMismatchError,
     WeightError,
 )
-from .law import ar_law, fit_power_law, law_points
 from .multi import MultiData, em_weights, geometric_sweep, multi_summary
 from .pair import Heldout, Optimum, Pair, open_store, relative_improvement
 from .rbp import fused_rbp, pair_rbp, rbp_scaling, single_rbp
@@ -31,3 +30,13 @@ __all__ = [
     "fused_rbp", "pair_rbp", "rbp_scaling", "single_rbp", "similarity_sweep", "mainstay_deviation",
     "theorem_checks", "vocab_use",
 ]
+
+
+def __getattr__(name):
+    # The law API is imported on first use, so that `python -m analysis.law` does not find its own module
+    # already imported by the package (runpy warns about that).
+    if name in ("ar_law", "fit_power_law", "law_points"):
+        from . import law
+
+        return getattr(law, name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

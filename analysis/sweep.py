@@ -66,8 +66,23 @@ def _model(s) -> str:
     return str(s.model.get("name", s.path))
 
 
-def _family(s) -> str:
-    return str(s.attrs.get("tokenizer", {}).get("name", "unknown tokenizer"))
+def _vocab(s) -> str:
+    return str(s.attrs.get("tokenizer", {}).get("vocab_hash"))
+
+
+def family_labels(stores) -> dict[str, str]:
+    """vocabulary hash -> table label. A family is every store of one vocabulary (what makes stores pairable);
+    it is named by its tokenizer when all its stores agree on the name (a hub tokenizer), else by the hash
+    and its models (tokenizers saved beside each trained model carry that model's path as their name)."""
+    by_vocab: dict[str, list] = {}
+    for s in stores:
+        by_vocab.setdefault(_vocab(s), []).append(s)
+    labels = {}
+    for h, members in by_vocab.items():
+        names = {str(s.attrs.get("tokenizer", {}).get("name", "unknown tokenizer")) for s in members}
+        labels[h] = names.pop() if len(names) == 1 else \
+            f"vocabulary {h[:8]} ({', '.join(sorted({_model(s) for s in members}))})"
+    return labels
 
 
 def discover(root: Path) -> Found:
@@ -84,8 +99,8 @@ def discover(root: Path) -> Found:
     return found
 
 
-def _baseline_row(s, pair_row: dict) -> dict:
-    return {"model": _model(s), "family": _family(s), "n_params": s.model.get("n_params"),
+def _baseline_row(s, family: str, pair_row: dict) -> dict:
+    return {"model": _model(s), "family": family, "n_params": s.model.get("n_params"),
             "dataset": s.dataset.get("name"), "split": s.dataset.get("split"), "n_positions": s.n,
             "nll": pair_row["nll"], "ppl": pair_row["ppl"], "bpc": pair_row["bpc"], "bpb": pair_row["bpb"],
             "acc": pair_row["acc_lo"], "path": str(s.path)}
@@ -93,6 +108,8 @@ def _baseline_row(s, pair_row: dict) -> dict:
 
 def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
     found = discover(cfg.stores)
+    labels = family_labels(found.stores)
+    _family = lambda s: labels[_vocab(s)]  # noqa: E731
     groups: dict[str, list] = {}
     for s in found.stores:
         groups.setdefault(s.stream_hash, []).append(s)
@@ -113,7 +130,7 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
             key = (pair.names, _family(a), a.dataset.get("name"), a.dataset.get("split"))
             for s, row in ((pair.primary, opt.primary), (pair.secondary, opt.secondary)):
                 baselines[(_model(s), _family(s), s.dataset.get("name"), s.dataset.get("split"))] = \
-                    _baseline_row(s, row)
+                    _baseline_row(s, _family(s), row)
             k = pair.param_ratio(cfg.param_count)
             pairs[key] = {"pair": pair, "row": {
                 "primary": pair.names[0], "secondary": pair.names[1], "family": _family(pair.primary),

@@ -42,3 +42,18 @@ def test_too_small_for_a_bootstrap_says_so(tmp_path):
     frames = run(cfg)
     assert frames["pairs"]["bootstrap_note"].str.contains("at least 2").all()
     assert "at least 2" in render(frames, cfg)
+
+
+def test_a_family_is_one_vocabulary_whatever_the_tokenizer_names(tmp_path):
+    """Trained models save their tokenizer beside themselves, so the names differ while the vocabulary is one."""
+    rng = np.random.default_rng(2)
+    targets, models = random_distributions(400, 25, rng, n_models=3, noise=(0.6, 1.0, 1.4))
+    for name, params, lp in zip(("m-big", "m-mid", "m-small"), (8_000_000, 3_000_000, 1_000_000), models):
+        write_store_from_logprobs(tmp_path / "s" / f"{name}.zarr", lp, targets, 8, model=name, n_params=params,
+                                  attrs={"tokenizer": {"name": f"stores/_models/{name}"}})
+    cfg = AnalyzeSettings(stores=tmp_path / "s", out_dir=tmp_path / "r", n_resamples=0)
+    frames = run(cfg)
+    assert frames["pairs"].height == 3 and frames["pairs"]["family"].n_unique() == 1
+    assert frames["pairs"]["family"][0].endswith("(m-big, m-mid, m-small)")
+    assert frames["pairs"]["flags"].to_list() == ["", "", ""]  # equal vocabularies: nothing to flag
+    assert render(frames, cfg).count("### vocabulary") == 1

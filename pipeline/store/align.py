@@ -33,7 +33,6 @@ _MAY_DIFFER = (
     ("top_k", lambda s: s.k),
     ("logprob_dtype", lambda s: s.logprob_dtype),
     ("n_classes", lambda s: s.n_classes),
-    ("tokenizer.name", lambda s: s.attrs.get("tokenizer", {}).get("name")),
 )
 
 
