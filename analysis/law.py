@@ -23,51 +23,12 @@ import numpy as np
 import polars as pl
 
 from .errors import AnalysisError
+from .fits import LawFitError, fit_power_law  # noqa: F401  (re-exported)
 from .table import markdown
 
 log = logging.getLogger(__name__)
 
 LAW_METRICS = ("alpha_nll", "alpha_acc", "d_nll", "d_acc")
-
-
-class LawFitError(AnalysisError, ValueError):
-    """A law cannot be fitted as asked (missing columns, non-positive ratios)."""
-
-
-def fit_power_law(x, y) -> dict:
-    """Fit log y = log c + p log x over the points with finite x > 0 and 0 < y < inf.
-
-    Returns n_points (used), n_zero / n_inf / n_nan (excluded y), c, p, p_se (NaN below 3 points), r2
-    (NaN below 2 points or with no spread in log y).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.shape != y.shape:
-        raise LawFitError(f"x and y differ in shape: {x.shape} vs {y.shape}")
-    bad_x = ~(np.isfinite(x) & (x > 0))
-    if bad_x.any():
-        raise LawFitError(f"parameter ratio {x[bad_x][0]!r} is not a finite positive number; check the stores' "
-                          "parameter counts (model.n_params / n_params_nonembed)")
-    n_nan = int(np.isnan(y).sum())
-    n_zero = int((y == 0).sum())
-    n_inf = int(np.isinf(y).sum())
-    ok = np.isfinite(y) & (y > 0)
-    lx, ly = np.log(x[ok]), np.log(y[ok])
-    n = int(ok.sum())
-    out = {"n_points": n, "n_zero": n_zero, "n_inf": n_inf, "n_nan": n_nan,
-           "c": math.nan, "p": math.nan, "p_se": math.nan, "r2": math.nan}
-    if n < 2 or np.ptp(lx) == 0:
-        return out
-    mx, my = lx.mean(), ly.mean()
-    sxx = float(np.sum((lx - mx) ** 2))
-    p = float(np.sum((lx - mx) * (ly - my)) / sxx)
-    icpt = my - p * mx
-    ssr = float(np.sum((ly - icpt - p * lx) ** 2))
-    sst = float(np.sum((ly - my) ** 2))
-    out.update(c=math.exp(icpt), p=p, r2=1.0 - ssr / sst if sst > 0 else math.nan)
-    if n >= 3:
-        out["p_se"] = math.sqrt(ssr / (n - 2) / sxx)
-    return out
 
 
 def law_points(pairs, param_count: str = "n_params_nonembed") -> pl.DataFrame:

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from numba import njit, prange
 
-from .law import fit_power_law
+from .fits import fit_power_law
 from .lut import list_bounds, outside_bound
 
 KS = (1, 5, 10, 50, 100, 1000)
