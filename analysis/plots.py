@@ -25,15 +25,30 @@ def _axes(ax):
     return fig, ax
 
 
-def improvement_vs_beta(curves: dict[str, pl.DataFrame], metric: str = "ppl", ax=None, title: str | None = None):
+def improvement_vs_beta(curves: dict[str, pl.DataFrame], metric: str = "ppl", ax=None, title: str | None = None,
+                        optima: dict[str, float] | None = None, focus: bool = True):
     """Relative improvement (%) of the fused model against the best single model, against beta (log axis).
 
-    ``curves``: label -> frame from `analysis.curves.relative_improvement_curve`.
+    ``curves``: label -> frame from `analysis.curves.relative_improvement_curve`; ``optima``: label -> exact
+    optimal beta, drawn as a dotted line. ``focus`` limits the y axis to the region near the best values (the
+    curves fall steeply where the weaker model dominates).
     """
     fig, ax = _axes(ax)
+    tops, bottoms = [], []
     for label, c in curves.items():
         c = c.filter((pl.col("beta") > 0) & pl.col("beta").is_finite()).sort("beta")
-        ax.plot(c["beta"].to_numpy(), c[f"rel_{metric}"].to_numpy(), label=label)
+        y = c[f"rel_{metric}"].to_numpy()
+        line, = ax.plot(c["beta"].to_numpy(), y, label=label)
+        if optima and label in optima and 0 < optima[label] < np.inf:
+            ax.axvline(optima[label], color=line.get_color(), ls=":", lw=1)
+        finite = y[np.isfinite(y)]
+        if finite.size:
+            tops.append(finite.max())
+            bottoms.append(finite.min())
+    if focus and tops:
+        top = max(max(tops), 0.0)
+        span = max(top, 0.05)
+        ax.set_ylim(max(min(bottoms), -4 * span), top + 0.5 * span)
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("beta = w / (1 - w)")
@@ -105,6 +120,7 @@ def plot_run(frames: dict, out_dir, skip_splits=()) -> list[Path]:
     plt = _plt()
     out_dir = Path(out_dir)
     written = []
+    pairs = frames.get("pairs")
     sweeps = frames.get("sweeps")
     if sweeps is not None and sweeps.height:
         keys = ["primary", "secondary", "dataset", "split"]
@@ -115,12 +131,18 @@ def plot_run(frames: dict, out_dir, skip_splits=()) -> list[Path]:
             curve = relative_improvement_curve(sw)
             fig, axes = plt.subplots(1, 3, figsize=(15, 4))
             label = f"A={primary}, B={secondary}"
-            improvement_vs_beta({label: curve}, "ppl", ax=axes[0], title=f"PPL, {dataset}/{split}")
-            improvement_vs_beta({label: curve}, "acc_lo", ax=axes[1], title=f"certified ACC (lower), {dataset}/{split}")
+            opt = {}
+            if pairs is not None and pairs.height:
+                row = pairs.filter((pl.col("primary") == primary) & (pl.col("secondary") == secondary)
+                                   & (pl.col("dataset") == dataset) & (pl.col("split") == split))
+                opt = row.row(0, named=True) if row.height else {}
+            improvement_vs_beta({label: curve}, "ppl", ax=axes[0], title=f"PPL, {dataset}/{split}",
+                                optima={label: opt.get("alpha_nll", np.nan)})
+            improvement_vs_beta({label: curve}, "acc_lo", ax=axes[1], title=f"certified ACC (lower), {dataset}/{split}",
+                                optima={label: opt.get("alpha_acc", np.nan)})
             partition_flips(curve, ax=axes[2], title=f"T/F/N flips, {label}")
             written.append(save(fig, out_dir / f"pair_{_slug(dataset)}_{_slug(split)}_{_slug(primary)}_vs_"
                                                f"{_slug(secondary)}.png"))
-    pairs = frames.get("pairs")
     if pairs is not None and pairs.height and "k" in pairs.columns:
         for (dataset, split), p in sorted(pairs.group_by(["dataset", "split"], maintain_order=True),
                                           key=lambda kv: kv[0]):

@@ -23,6 +23,7 @@ import polars as pl
 
 from pipeline.store import IncompatiblePairError, StoreError, align, find_stores, open_store
 
+from .curves import log_beta_grid
 from .pair import Pair
 from .table import markdown, paper_table
 
@@ -113,7 +114,8 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
     groups: dict[str, list] = {}
     for s in found.stores:
         groups.setdefault(s.stream_hash, []).append(s)
-    weights = np.linspace(0.0, 1.0, cfg.n_weights)
+    # The written sweeps: a linear grid in w plus log-spaced betas from 1e-3 to 1e4 (optima are often near w = 1).
+    weights = np.union1d(np.linspace(0.0, 1.0, cfg.n_weights), log_beta_grid(141, 1e-3, 1e4))
     baselines, pairs, sweeps = {}, {}, []
     for _, members in sorted(groups.items(), key=lambda kv: (kv[1][0].dataset.get("name"), kv[1][0].dataset.get("split"))):
         for a, b in itertools.combinations(members, 2):

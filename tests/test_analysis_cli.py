@@ -5,10 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import polars as pl
 import reference as ref
 from test_analysis_pair import _write_family
 
+from analysis.curves import log_beta_grid
 from analysis.sweep import AnalyzeSettings, run
 
 
@@ -41,7 +43,8 @@ def test_run_writes_paper_table_and_frames(tmp_path):
     assert "Improvement relative to the best single model (%), in-sample" in table
     assert "held-out" in table and "wiki PPL ↓" in table and "text8 ACC ↑ (%)" in table
     assert "| big † | small |" in table
-    assert frames["sweeps"].height == 12 * 11
+    grid = np.union1d(np.linspace(0, 1, 11), log_beta_grid(141, 1e-3, 1e4))  # linear in w + log-spaced betas
+    assert frames["sweeps"].height == 12 * grid.size
 
 
 def test_cli_entry_point(tmp_path):
