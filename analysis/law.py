@@ -145,13 +145,12 @@ def _groups(root: Path) -> tuple[dict, list]:
 
 def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
     """Every analysis of issue 7 on every stream group under cfg.stores; returns (and writes) the frames."""
-    import itertools
 
     from pipeline.store import IncompatiblePairError
 
     from .bootstrap import BootstrapError, bootstrap, table_columns
     from .multi import MultiData, multi_summary
-    from .pair import Pair
+    from .pair import stream_pairs
     from .rbp import pair_rbp, rbp_scaling, single_rbp
     from .similarity import similarity_sweep
     from .theorems import mainstay_deviation, theorem_checks
@@ -164,13 +163,9 @@ def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
     for members in groups.values():
         ds = members[0].dataset
         tag = {"dataset": ds.get("name"), "split": ds.get("split")}
-        for a, b in itertools.combinations(members, 2):
-            if _name(a) == _name(b):
-                continue
-            try:
-                pair = Pair(a, b, order=cfg.order)
-            except IncompatiblePairError as e:
-                skipped.append({"store": f"{_name(a)} + {_name(b)}", "reason": str(e)})
+        for a, b, pair, error in stream_pairs(members, cfg.order):
+            if error is not None:
+                skipped.append({"store": f"{_name(a)} + {_name(b)}", "reason": str(error)})
                 continue
             pairs[(pair.names, tag["dataset"], tag["split"])] = pair
         for s in members:

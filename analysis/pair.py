@@ -206,5 +206,24 @@ class Pair:
                        relative_improvement(fused, ins.primary, ins.secondary), ins)
 
 
+def stream_pairs(members, order: str = "auto"):
+    """Every pair of different models among stores of one token stream.
+
+    Yields (a, b, pair, error): ``pair`` is the `Pair` (larger model primary unless ``order="given"``), or None with
+    the `IncompatiblePairError` that forbids it (say, a different vocabulary behind an equal stream hash).
+    """
+    import itertools
+
+    from pipeline.store import IncompatiblePairError
+
+    for a, b in itertools.combinations(members, 2):
+        if _name(a) == _name(b):
+            continue
+        try:
+            yield a, b, Pair(a, b, order=order), None
+        except IncompatiblePairError as e:
+            yield a, b, None, e
+
+
 def weights_grid(n: int = 101) -> np.ndarray:
     return np.linspace(0.0, 1.0, n)

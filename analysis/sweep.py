@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.store import IncompatiblePairError, StoreError, align, find_stores, open_store
+from pipeline.store import StoreError, align, find_stores, open_store
 
 from .curves import log_beta_grid
-from .pair import Pair
+from .pair import stream_pairs
 from .table import markdown, paper_table
 
 log = logging.getLogger(__name__)
@@ -118,14 +118,10 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
     weights = np.union1d(np.linspace(0.0, 1.0, cfg.n_weights), log_beta_grid(141, 1e-3, 1e4))
     baselines, pairs, sweeps = {}, {}, []
     for _, members in sorted(groups.items(), key=lambda kv: (kv[1][0].dataset.get("name"), kv[1][0].dataset.get("split"))):
-        for a, b in itertools.combinations(members, 2):
-            if _model(a) == _model(b):
-                continue
-            try:
-                pair = Pair(a, b, order=cfg.order)
-            except IncompatiblePairError as e:
+        for a, b, pair, error in stream_pairs(members, cfg.order):
+            if error is not None:
                 found.skipped.append({"a": _model(a), "b": _model(b), "dataset": a.dataset.get("name"),
-                                      "split": a.dataset.get("split"), "reason": str(e)})
+                                      "split": a.dataset.get("split"), "reason": str(error)})
                 continue
             log.info("pair %s on %s/%s", pair, a.dataset.get("name"), a.dataset.get("split"))
             opt = pair.optimum()
