@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from tqdm.auto import tqdm
 
 from pipeline.store import StoreError, align, find_stores, open_store
 
@@ -117,7 +118,8 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
     # The written sweeps: a linear grid in w plus log-spaced betas from 1e-3 to 1e4 (optima are often near w = 1).
     weights = np.union1d(np.linspace(0.0, 1.0, cfg.n_weights), log_beta_grid(141, 1e-3, 1e4))
     baselines, pairs, sweeps = {}, {}, []
-    for _, members in sorted(groups.items(), key=lambda kv: (kv[1][0].dataset.get("name"), kv[1][0].dataset.get("split"))):
+    ordered = sorted(groups.items(), key=lambda kv: (kv[1][0].dataset.get("name"), kv[1][0].dataset.get("split")))
+    for _, members in tqdm(ordered, desc="stream groups", unit="group", disable=len(ordered) < 2):
         for a, b, pair, error in stream_pairs(members, cfg.order):
             if error is not None:
                 found.skipped.append({"a": _model(a), "b": _model(b), "dataset": a.dataset.get("name"),
@@ -151,7 +153,7 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
     if cfg.n_resamples:
         from .bootstrap import sweep_columns
 
-        for entry in pairs.values():
+        for entry in tqdm(list(pairs.values()), desc=f"bootstrap ({cfg.n_resamples} resamples)", unit="pair"):
             row = entry["row"]
             hw = (row["heldout_w_nll"], row["heldout_w_acc"]) if "heldout_w_nll" in row else None
             row.update(sweep_columns(entry["pair"], heldout_w=hw, n_resamples=cfg.n_resamples, seed=cfg.seed,

@@ -166,10 +166,8 @@ class StoreWriter:
                     f"{self.path} is a complete store; pass overwrite=true to replace it, or remove it with "
                     f"`python -m pipeline.stores rm {self.path}`"
                 )
-            same = {k: existing.get(k) for k in header if k != "complete"} == {
-                k: v for k, v in header.items() if k != "complete"}
-            if not same:
-                diff = [k for k in header if k != "complete" and existing.get(k) != header[k]]
+            diff = [k for k in header if k != "complete" and existing.get(k) != header[k]]
+            if diff:
                 raise StoreExistsError(
                     f"{self.path} is a partial store of another setting (differs in {diff}); pass "
                     f"overwrite=true to replace it, or remove it with `python -m pipeline.stores rm {self.path}`"
