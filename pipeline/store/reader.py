@@ -129,9 +129,7 @@ class TruncatedStore(Store):
         raw = self.base.read(sorted(need), start, stop)
         out = {}
         for n in names:
-            if n == "topk_ids":
-                out[n] = np.ascontiguousarray(raw[n][:, : self.k])
-            elif n == "topk_logprobs":
+            if n in ("topk_ids", "topk_logprobs"):
                 out[n] = np.ascontiguousarray(raw[n][:, : self.k])
             elif n == "tail_logmass":
                 out[n] = truncated_tail(raw["tail_logmass"], raw["topk_logprobs"], self.k)

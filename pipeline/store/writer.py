@@ -36,6 +36,7 @@ from .schema import (
     POSITION_ARRAYS,
     PROGRESS_FILE,
     SCHEMA_VERSION,
+    WRITER_ATTRS,
     array_dtype,
     validate_sections,
 )
@@ -106,8 +107,7 @@ class StoreWriter:
             raise SchemaError(f"unknown optional arrays {unknown}; optional ones are "
                               f"{[n for n, s in POSITION_ARRAYS.items() if not s.required]}")
         validate_sections(attrs)
-        reserved = {"schema_version", "complete", "n_positions", "top_k", "n_classes", "logprob_dtype",
-                    "chunk_size", "setting_hash", "arrays", "stream_hash"} & set(attrs)
+        reserved = set(WRITER_ATTRS) & set(attrs)
         if reserved:
             raise SchemaError(f"attrs may not set writer-owned keys {sorted(reserved)}")
 
