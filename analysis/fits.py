@@ -43,7 +43,8 @@ def fit_power_law(x, y) -> dict:
     icpt = my - p * mx
     ssr = float(np.sum((ly - icpt - p * lx) ** 2))
     sst = float(np.sum((ly - my) ** 2))
-    out.update(c=math.exp(icpt), p=p, r2=1.0 - ssr / sst if sst > 0 else math.nan)
+    # No spread in log y (exactly equal values): R^2 is undefined; sst would only hold rounding noise.
+    out.update(c=math.exp(icpt), p=p, r2=1.0 - ssr / sst if np.ptp(ly) > 0 and sst > 0 else math.nan)
     if n >= 3:
         out["p_se"] = math.sqrt(ssr / (n - 2) / sxx)
     return out

@@ -85,7 +85,7 @@ def power_fit(x, y) -> dict:
     sst = float(np.sum((ly - ly.mean()) ** 2))
     n = len(lx)
     se = math.sqrt(ssr / (n - 2) / np.sum((lx - lx.mean()) ** 2)) if n >= 3 else math.nan
-    return {"p": float(p), "c": math.exp(icpt), "r2": 1 - ssr / sst if sst > 0 else math.nan, "p_se": se,
+    return {"p": float(p), "c": math.exp(icpt), "r2": 1 - ssr / sst if np.ptp(ly) > 0 and sst > 0 else math.nan, "p_se": se,
             "n_points": n}
 
 

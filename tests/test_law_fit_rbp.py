@@ -31,6 +31,12 @@ def test_fit_power_law_matches_polyfit(pts):
         assert fit["r2"] == pytest.approx(want["r2"], rel=1e-6, abs=1e-9)
 
 
+def test_fit_r2_is_nan_without_spread_in_y():
+    """Found by hypothesis: equal y values left only rounding noise in the total sum of squares."""
+    fit = fit_power_law([2.0, 2.0, 3.0], [27.5, 27.5, 27.5])
+    assert math.isnan(fit["r2"]) and fit["p"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_fit_excludes_and_counts_zero_and_inf():
     k = np.array([2.0, 4.0, 8.0, 16.0, 32.0])
     y = np.array([1.0, 2.0 ** 0.5 * 1.0, 2.0, math.inf, 0.0])
