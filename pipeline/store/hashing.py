@@ -7,11 +7,12 @@ import json
 
 import numpy as np
 
-from .schema import STREAM_HASH_ARRAYS
+from .schema import STREAM_HASH_ARRAYS, STREAM_HASH_TABLES
 
 
 def stream_hash(store) -> str:
-    """sha256 over the stream arrays present (name, then little-endian bytes), read chunk by chunk.
+    """sha256 over the stream arrays present (name, then little-endian bytes), read chunk by chunk, then the
+    task tables present (item labels, option counts and lengths).
 
     Two stores are a pair iff this matches: same targets, documents, character/byte spans and task items.
     """
@@ -24,6 +25,9 @@ def stream_hash(store) -> str:
     for n in names:
         h.update(n.encode())
         h.update(hashers[n].digest())
+    for n in (t for t in STREAM_HASH_TABLES if t in store.tables):
+        h.update(n.encode())
+        h.update(hashlib.sha256(np.ascontiguousarray(store.table(n), dtype="<i4").tobytes()).digest())
     return h.hexdigest()
 
 

@@ -54,6 +54,16 @@ POSITION_ARRAYS: dict[str, ArraySpec] = {
 # The token-stream hash covers these arrays (those present), in this order.
 STREAM_HASH_ARRAYS = ("targets", "doc_id", "n_chars", "n_bytes", "item_id", "option_id")
 
+# Task stores (LAMBADA last word, multiple choice) hold these int32 tables; the stream hash covers those present.
+TASK_TABLES: dict[str, str] = {
+    "item_label": "(n_items,) index of the correct option of each item (0 for LAMBADA's single option)",
+    "item_n_options": "(n_items,) number of options of each item",
+    "item_source_index": "(n_items,) index of the item in the source dataset (skipped items leave gaps)",
+    "option_n_chars": "(n_options_total,) characters of each option's text, rows in (item, option) order",
+    "option_n_bytes": "(n_options_total,) UTF-8 bytes of each option's text",
+}
+STREAM_HASH_TABLES = tuple(TASK_TABLES)
+
 # Top-level attributes every store has. The writer fills the first group itself.
 WRITER_ATTRS = ("schema_version", "complete", "n_positions", "top_k", "n_classes", "logprob_dtype",
                 "chunk_size", "setting_hash", "arrays", "stream_hash")
