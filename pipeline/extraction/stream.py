@@ -6,14 +6,16 @@ front of each document when the protocol asks for it; never one per window) and 
 positions that are scored targets: every token except BOS tokens and, without BOS, the segment's
 first token (nothing to predict it from).
 
-Windows partition each segment's target positions [1, T) into blocks [c, d):
-    first window:  c = 1,      d = min(L + 1, T)
+Windows partition each segment's target positions [lo0, T) into blocks [c, d), with lo0 the
+segment's first scored index (1 for documents; the first continuation token for task items):
+    first window:  c = lo0,    d = min(lo0 + L, T)
     later windows: c = prev d, d = min(c + S, T)
 and feed inputs seq[a : d - 1] with a = max(0, d - 1 - L), so every window has at most L inputs,
 every target after the first window sees at least L - S + 1 tokens of context, the last window of a
 segment gets a full context (as lm-evaluation-harness's rolling windows), and every target is
-scored exactly once. The windows are a fixed partition, so a resumed extraction replays them
-identically.
+scored exactly once. A task item's continuation of at most L tokens is thus one window holding the
+last L tokens of context + continuation (lm-evaluation-harness's left truncation). The windows are a
+fixed partition, so a resumed extraction replays them identically.
 
 n_chars / n_bytes of a target: characters / UTF-8 bytes from the end of the previous target's span
 to the end of this one (the first scored token absorbs what precedes it, the last one what trails
@@ -61,6 +63,8 @@ class Segment:
     n_chars: np.ndarray    # (T,) int32, valid where scored
     n_bytes: np.ndarray    # (T,) int32
     doc_id: np.ndarray     # (T,) int32
+    item_id: np.ndarray | None = None    # (T,) int32, task streams only (see pipeline/extraction/tasks.py)
+    option_id: np.ndarray | None = None  # (T,) int32
 
 
 @dataclasses.dataclass
@@ -96,8 +100,11 @@ class TokenStream:
                             [s.scored for s in self.segments], self.protocol)
 
     def position_arrays(self, w: Windows, lo: int, hi: int) -> dict[str, np.ndarray]:
-        """targets, n_chars, n_bytes, doc_id of windows [lo, hi), in store order."""
+        """targets, n_chars, n_bytes, doc_id (+ item_id, option_id for task streams) of windows [lo, hi),
+        in store order."""
         keys = ("seq", "n_chars", "n_bytes", "doc_id")
+        if self.segments and self.segments[0].item_id is not None:
+            keys += ("item_id", "option_id")
         parts: dict[str, list] = {k: [] for k in keys}
         for i in range(lo, hi):
             s = self.segments[w.seg[i]]
@@ -117,9 +124,12 @@ def make_windows(lengths: Sequence[int], scored: Sequence[np.ndarray], p: Protoc
         if T < 2:
             continue
         csum = np.concatenate([[0], np.cumsum(scored[i])])
-        lo = 1
+        first = np.flatnonzero(scored[i])
+        lo = max(1, int(first[0])) if len(first) else 1   # nothing predicts seq[0]
+        step = L
         while lo < T:
-            hi = min(lo + (L if lo == 1 else S), T)
+            hi = min(lo + step, T)
+            step = S
             seg.append(i)
             a.append(max(0, hi - 1 - L))
             c.append(lo)
@@ -165,8 +175,7 @@ def _round_trip(tokenizer, ids: list[list[int]], texts: list[str]) -> bool:
     return all(x == y for x, y in zip(dec, texts))
 
 
-def build_stream(docs: Sequence[str], tokenizer, protocol: Protocol, bos_id: int | None) -> TokenStream:
-    """Tokenise the documents (fast tokenizer, offsets) into the segments of the protocol."""
+def check_tokenizer(tokenizer, protocol: Protocol, bos_id: int | None) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(
             f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer; n_chars/n_bytes need its "
@@ -174,6 +183,11 @@ def build_stream(docs: Sequence[str], tokenizer, protocol: Protocol, bos_id: int
         )
     if protocol.bos == "document" and bos_id is None:
         raise ConfigError("protocol bos='document' but the tokenizer has no BOS or EOS token: set bos=none")
+
+
+def build_stream(docs: Sequence[str], tokenizer, protocol: Protocol, bos_id: int | None) -> TokenStream:
+    """Tokenise the documents (fast tokenizer, offsets) into the segments of the protocol."""
+    check_tokenizer(tokenizer, protocol, bos_id)
     docs = list(docs)
     if not docs or not any(docs):
         raise EmptyDatasetError("the dataset has no text (0 documents or all empty): check dataset.path/split")
