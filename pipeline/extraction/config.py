@@ -38,11 +38,14 @@ class ModelSpec:
 class DatasetSpec:
     name: str
     split: str
-    loader: str                         # hf_parquet | text8 | lm1b | pile | text_file | wiki_vital
+    loader: str                         # hf_files | text8 | lm1b | pile | text_file | wiki_vital (documents);
+                                        # lambada_last_word | cbt | arc (task items, pipeline/extraction/tasks.py)
     hub_id: str | None = None
     revision: str | None = None
     url: str | None = None
     files: dict[str, str] = dataclasses.field(default_factory=dict)        # split -> file glob / member
+    release_files: dict[str, str] = dataclasses.field(default_factory=dict)  # split -> the original release's
+                                        # file, looked for under a dataset.path directory when `files` is not there
     path: str | None = None             # local copy in the same format as the source
     text_field: str = "text"
     documents: str = "rows"             # rows | wikitext_articles | lines | whole
@@ -52,6 +55,7 @@ class DatasetSpec:
     scoring: str = "independent"
     separator: str = "\n\n"
     bos: str = "document"
+    task_protocol: str | None = None    # task datasets: how items become context/continuation pairs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,7 +50,9 @@ def text_sha256(texts: list[str]) -> str:
 def load_documents(spec: DatasetSpec) -> Documents:
     loader = LOADERS.get(spec.loader)
     if loader is None:
-        raise DatasetNotFoundError(f"dataset.loader={spec.loader!r} is unknown; known: {sorted(LOADERS)}")
+        raise DatasetNotFoundError(f"dataset.loader={spec.loader!r} is not a document loader; known: {sorted(LOADERS)} "
+                                   "(task datasets, loaders lambada_last_word / cbt / arc, are read by "
+                                   "pipeline.extraction.tasks.load_task)")
     texts, meta = loader(spec)
     if spec.n_documents is not None and spec.loader not in ("pile",):
         texts = texts[: spec.n_documents]
@@ -143,10 +145,13 @@ def _resolve_files(spec: DatasetSpec) -> tuple[list[str], str, str | None]:
         root = Path(spec.path)
         if root.is_file():
             return [str(root)], f"file:{root}", None
-        files = sorted(glob.glob(str(root / pattern))) or sorted(glob.glob(str(root / Path(pattern).name)))
-        if not files:
-            raise DatasetNotFoundError(f"no file matching {pattern!r} under dataset.path={root}")
-        return files, f"file:{root}", None
+        tried = [pattern] + ([spec.release_files[spec.split]] if spec.release_files.get(spec.split) else [])
+        for pat in tried:  # the hub layout, then the original release's (as the same relative path or by name)
+            files = sorted(glob.glob(str(root / pat))) or sorted(glob.glob(str(root / Path(pat).name)))
+            if files:
+                return files, f"file:{root}", None
+        raise DatasetNotFoundError(f"no file matching {' or '.join(map(repr, tried))} under dataset.path={root}; "
+                                   "pass the file itself as dataset.path=FILE")
     if spec.hub_id is None:
         raise DatasetNotFoundError(f"dataset {spec.name!r} has neither dataset.path nor a hub id")
     try:

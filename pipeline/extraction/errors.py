@@ -39,6 +39,10 @@ class DatasetChecksumError(DatasetError, ValueError):
     """The text a dataset config produced does not match the sha256 recorded in the config."""
 
 
+class TaskDataError(DatasetError, ValueError):
+    """A task item is malformed (its label is not among its options, a cloze query without its blank)."""
+
+
 class ContextTooLongError(ExtractionError, ValueError):
     """extract.context_length exceeds what the model supports."""
 

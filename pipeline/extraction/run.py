@@ -3,6 +3,10 @@
 Batches are drawn from the fixed window partition in a fixed order, so a killed run restarted with
 the same config restarts from the batch holding the store's resume point (writer.n_done) and
 produces bit-identical arrays (the writer drops rows it already holds).
+
+Task datasets (LAMBADA's last word, CBT, ARC; `tasks.py`) run through the same loop: their stream has one
+segment per (item, option), the store gets `item_id` / `option_id`, the task tables and a `task` attribute,
+and its `metrics` are the task's (pipeline.store.tasks.task_metrics), the token-level ones under `token_metrics`.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ from ..store import (
     setting_tag,
     store_path,
 )
+from ..store.tasks import check_tables, task_metrics
 from .config import RunSpec
 from .datasets import Documents, load_documents
 from .errors import ConfigError, ContextTooLongError, EmptyDatasetError
 from .head import head_chunk_size, score_hidden, score_logits_chunked
 from .models import LoadedModel, load_model
 from .stream import Protocol, TokenStream, Windows, build_stream
+from .tasks import TaskData, TaskStream, build_task_stream, is_task, load_task, task_protocol
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +96,7 @@ def select_windows(w: Windows, max_positions: int | None) -> Windows:
     return Windows(w.seg[:keep], w.a[:keep], w.c[:keep], w.d[:keep], w.n_targets[:keep], w.offset[:keep + 1])
 
 
-def provenance(spec: RunSpec, lm: LoadedModel, docs: Documents, stream: TokenStream, K: int) -> dict:
+def provenance(spec: RunSpec, lm: LoadedModel, docs: Documents | TaskData, stream: TokenStream, K: int) -> dict:
     p = stream.protocol
     return {
         "model": lm.info,
@@ -117,12 +123,16 @@ def setting_hash(attrs: dict) -> str:
              "tokenizer": attrs["tokenizer"]["vocab_hash"],
              "dataset": {k: attrs["dataset"].get(k) for k in ("text_sha256", "split", "name")},
              "protocol": attrs["protocol"]}
+    if "task" in attrs:  # task stores only, so the hashes of LM stores (resume, skip_existing) are unchanged
+        keyed["task"] = {k: attrs["task"][k] for k in ("name", "kind", "protocol")}
     return config_hash(keyed)
 
 
 def default_store(spec: RunSpec, lm: LoadedModel, p: Protocol, K: int) -> Path:
     tag = setting_tag(p.context_length, p.stride, K, spec.extract.logprob_dtype, lm.info["dtype"],
                       spec.model.quantization, p.scoring)
+    if is_task(spec.dataset):  # e.g. '-gpt2' / '-wholequery' for CBT: two protocols never share a path
+        tag += "-" + task_protocol(spec.dataset).replace("_", "")
     if p.bos == "none":
         tag += "-nobos"
     return store_path(spec.stores_root, spec.dataset.name, spec.dataset.split, spec.model.name, tag)
@@ -190,7 +200,11 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
     """Run one extraction to a complete store; returns the opened Store."""
     if spec.store and not (spec.overwrite or spec.skip_existing):
         _complete_store(Path(spec.store), None)  # refuse before loading anything
-    docs = load_documents(spec.dataset)
+    task = load_task(spec.dataset) if is_task(spec.dataset) else None
+    if task is not None and spec.extract.max_positions:
+        raise ConfigError(f"extract.max_positions would cut task {spec.dataset.name!r} inside an item; cap whole "
+                          "items with dataset.n_documents=N instead")
+    docs = task if task is not None else load_documents(spec.dataset)
     configure_torch(spec)
     lm = lm or load_model(spec.model)
     protocol = resolve_protocol(spec, lm.max_length)
@@ -198,7 +212,13 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
     path = Path(spec.store) if spec.store else default_store(spec, lm, protocol, K)
     if not (spec.overwrite or spec.skip_existing):
         _complete_store(path, None)
-    stream = build_stream(docs.texts, lm.tokenizer, protocol, lm.bos_id)
+    ts: TaskStream | None = None
+    if task is not None:
+        ts = build_task_stream(task, lm.tokenizer, protocol, lm.bos_id)
+        check_tables(ts.tables)
+        stream = ts.stream
+    else:
+        stream = build_stream(docs.texts, lm.tokenizer, protocol, lm.bos_id)
     windows = select_windows(stream.windows(), spec.extract.max_positions)
     N = windows.n_positions
     if N == 0:
@@ -206,6 +226,8 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
     if K < spec.extract.top_k:
         log.info("top_k=%d clamped to the model's %d classes", spec.extract.top_k, lm.n_classes)
     attrs = provenance(spec, lm, docs, stream, K)
+    if ts is not None:
+        attrs["task"] = ts.attrs
     if spec.skip_existing and not spec.overwrite:
         done = _complete_store(path, setting_hash(attrs))
         if done is not None:
@@ -217,18 +239,21 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
     log.info("extracting %s on %s/%s: %d positions, %d windows, L=%d S=%d K=%d -> %s", spec.model.name,
              spec.dataset.name, spec.dataset.split, N, len(windows), protocol.context_length, protocol.stride, K, path)
 
+    optional = (("entropy",) if spec.extract.entropy else ()) + (("item_id", "option_id") if ts is not None else ())
     writer = StoreWriter(path, n_positions=N, top_k=spec.extract.top_k, n_classes=lm.n_classes, logprob_dtype=spec.extract.logprob_dtype,
                          attrs=attrs, setting_hash=setting_hash(attrs), chunk_size=spec.extract.chunk_size,
-                         overwrite=spec.overwrite, optional=("entropy",) if spec.extract.entropy else ())
+                         overwrite=spec.overwrite, optional=optional)
     with writer:
         write_tables(writer, lm, spec.extract)
+        for name, table in (ts.tables if ts is not None else {}).items():
+            writer.write_table(name, table)
         b0 = batches.first_containing(writer.n_done)
         start = int(windows.offset[batches.bounds(b0)[0]]) if b0 < batches.n else N
-        keep: dict[str, list] = {"tlp": [], "ok": []}
+        keep: dict[str, list] = {"target_logprob": [], "target_rank": [], "target_ties": []}
         if start > 0:  # resumed: the prefix's metrics come from the store
-            prev = open_store(path, allow_partial=True).read(["target_logprob", "target_rank", "target_ties"], 0, start)
-            keep["tlp"].append(prev["target_logprob"])
-            keep["ok"].append((prev["target_rank"] == 0) & (prev["target_ties"] == 0))
+            prev = open_store(path, allow_partial=True).read(list(keep), 0, start)
+            for k in keep:
+                keep[k].append(prev[k])
         t0 = time.perf_counter()
         bar = tqdm(total=N, initial=start, unit="tok", unit_scale=True, disable=not spec.extract.progress,
                    desc=f"{spec.model.name}/{spec.dataset.name}", smoothing=0.05)
@@ -244,17 +269,28 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
             out = score_batch(lm, ids, mask, rows, tgt, K, spec.extract.entropy, chunk, where)
             out["topk_logprobs"] = out["topk_logprobs"].astype(lp_dtype)
             writer.write(pos, **meta, **out)
-            keep["tlp"].append(out["target_logprob"])
-            keep["ok"].append((out["target_rank"] == 0) & (out["target_ties"] == 0))
+            for k in keep:
+                keep[k].append(out[k])
             bar.update(len(meta["targets"]))
         bar.close()
         elapsed = time.perf_counter() - t0
         allpos = stream.position_arrays(windows, 0, len(windows))
-        metrics = _metrics(np.concatenate(keep["tlp"]), np.concatenate(keep["ok"]), allpos["n_chars"],
-                           allpos["n_bytes"])
+        got = {k: np.concatenate(v) for k, v in keep.items()}
+        metrics = _metrics(got["target_logprob"], (got["target_rank"] == 0) & (got["target_ties"] == 0),
+                           allpos["n_chars"], allpos["n_bytes"])
+        if ts is not None:  # the task's metrics; the token-level ones (over continuation tokens) beside them
+            got.update(item_id=allpos["item_id"], option_id=allpos["option_id"])
+            metrics = {**task_metrics(ts.attrs["kind"], got, ts.tables), "token_metrics": metrics}
         metrics.update({"elapsed_s_this_run": elapsed, "tokens_per_s_this_run": (N - start) / elapsed if elapsed else None,
                         "resumed_from": start})
         store = writer.close(extra_attrs={"metrics": metrics})
+    if ts is not None:
+        shown = "  ".join(f"{k} {_fmt(metrics.get(k))}" for k in ("word_ppl", "token_ppl", "acc", "acc_norm", "acc_bytes")
+                          if k in metrics)
+        log.info("%s on %s/%s (%s, %d items, %d skipped): %s  (%d positions, %.1f tok/s) -> %s", spec.model.name,
+                 spec.dataset.name, spec.dataset.split, ts.attrs["protocol"], ts.attrs["n_items"],
+                 sum(ts.attrs["skipped"].values()), shown, N, metrics["tokens_per_s_this_run"] or 0.0, path)
+        return store
     log.info("%s on %s/%s: PPL %.4f  BPC %s  BPB %s  ACC %.4f  (%d positions, %.1f tok/s) -> %s",
              spec.model.name, spec.dataset.name, spec.dataset.split, metrics["ppl"],
              _fmt(metrics["bpc"]), _fmt(metrics["bpb"]), metrics["acc"], N,
