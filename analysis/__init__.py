@@ -12,13 +12,17 @@ from .errors import (
     DegenerateObjectiveError,
     HeldoutMismatchError,
     NonFiniteStoreError,
+    NotATaskStoreError,
     TargetMismatchError,
+    TaskLayoutError,
+    TaskMismatchError,
     WeightError,
 )
 from .multi import MultiData, em_weights, geometric_sweep, multi_summary
 from .pair import Heldout, Optimum, Pair, open_store, relative_improvement
 from .rbp import fused_rbp, pair_rbp, rbp_scaling, single_rbp
 from .similarity import similarity_sweep
+from .tasks import TaskHeldout, TaskMetricOptimum, TaskOptimum, TaskPair, is_task_store
 from .theorems import mainstay_deviation, theorem_checks
 from .vocab_use import vocab_use
 
@@ -28,7 +32,8 @@ __all__ = [
     "relative_improvement", "align", "find_stores", "BootstrapError", "bootstrap", "kfold_choice", "sweep_columns",
     "ar_law", "fit_power_law", "law_points", "MultiData", "em_weights", "geometric_sweep", "multi_summary",
     "fused_rbp", "pair_rbp", "rbp_scaling", "single_rbp", "similarity_sweep", "mainstay_deviation",
-    "theorem_checks", "vocab_use",
+    "theorem_checks", "vocab_use", "NotATaskStoreError", "TaskLayoutError", "TaskMismatchError", "TaskPair",
+    "TaskOptimum", "TaskMetricOptimum", "TaskHeldout", "is_task_store",
 ]
 
 

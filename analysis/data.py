@@ -32,21 +32,24 @@ PARTITIONS = {"Nww": NWW, "T": T, "F": F, "Nrr": NRR}
 
 
 class MemoryStore(Store):
-    """A store held in memory: the arrays of `pipeline.store.synthetic.arrays_from_logprobs` plus attrs.
+    """A store held in memory: the arrays of `pipeline.store.synthetic.arrays_from_logprobs` plus attrs (and
+    optional ``tables``, e.g. a task store's item tables).
 
     It is a `pipeline.store.Store` whose "group" is the dict of numpy arrays, so reads, chunk iteration and the
     K-truncated view behave exactly as on disk.
     """
 
     def __init__(self, arrays: dict, *, n_classes: int, attrs: dict | None = None, chunk_size: int = 65536,
-                 path: str = "<memory>"):
+                 path: str = "<memory>", tables: dict | None = None):
         self.arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         n = int(len(self.arrays["targets"]))
         a = {"model": {"name": "memory"}, **(attrs or {})}
         a.update(n_positions=n, top_k=int(self.arrays["topk_ids"].shape[1]), n_classes=int(n_classes),
                  logprob_dtype=str(self.arrays["topk_logprobs"].dtype), chunk_size=int(chunk_size),
-                 arrays=list(self.arrays), complete=True)
-        super().__init__(path, self.arrays, a, n)
+                 arrays=list(self.arrays), complete=True, tables=list(tables or {}))
+        # tables (task tables, vocabulary) live in the same dict "group", outside the position arrays' list
+        group = {**self.arrays, **{k: np.asarray(v) for k, v in (tables or {}).items()}}
+        super().__init__(path, group, a, n)
         self.path = path
 
 

@@ -6,7 +6,7 @@ Store-level problems (a store that cannot be fused, NaN inside a store) subclass
 
 from __future__ import annotations
 
-from pipeline.store import IncompatiblePairError, StoreError
+from pipeline.store import IncompatiblePairError, SchemaError, StoreError
 
 
 class AnalysisError(Exception):
@@ -31,3 +31,16 @@ class HeldoutMismatchError(AnalysisError, ValueError):
 
 class DegenerateObjectiveError(AnalysisError, ValueError):
     """The fused NLL is infinite for every weight (a target with probability 0 under both models)."""
+
+
+class NotATaskStoreError(AnalysisError, StoreError):
+    """A store given to `analysis.TaskPair` is not a task store (no ``task`` attribute, or no item/option arrays)."""
+
+
+class TaskLayoutError(AnalysisError, SchemaError):
+    """A task store's item/option layout or tables are inconsistent (a label outside its item's options, an
+    option without positions, positions out of (item, option) order)."""
+
+
+class TaskMismatchError(AnalysisError, IncompatiblePairError):
+    """Two task stores of one token stream disagree on the task (kind, name, or item/option arrays)."""

@@ -15,6 +15,9 @@ strict linear constraint  w c1 + (1 - w) c0 > 0  with
     possible:   c1 = a - loA(j),  c0 = b - loB(j)     (no lower bound of j reaches t)
 whose solution is a half-line w > c0/(c0 - c1) or w < c0/(c0 - c1) (or all, or nothing); their
 intersection is one open interval. Phase 2 (`acc_blocks`, `nll_blocks`) evaluates a weight grid.
+
+Task kernels (multiple choice: fused option scores, item counts over a grid, and the certified change points
+of each item's correctness for the optimum) are at the end of the file, with their formulas.
 """
 
 from __future__ import annotations
@@ -408,3 +411,374 @@ def reduce_blocks(x):
         for i in range(xs.shape[1]):
             flat[i] += xs[blk, i]
     return out
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+# Task stores (multiple choice, LAMBADA) group positions into options (rows r, positions offsets[r] ..
+# offsets[r + 1] - 1) and options into items (rows item_first[i] .. item_first[i + 1] - 1). The fused score of
+# option r at weight w is
+#     s_r(w) = sum_{p in r} log(w a_p + (1 - w) b_p)
+# computed with positions multiplied GROUP at a time before one log (as `nll_blocks`, unless a factor is below
+# SAFE_MIN): `_fused_log_sum` (one weight) and `_fused_log_row` (a weight grid, weights innermost) do the same
+# operations in the same order, so they give bit-identical values and the optimum agrees with the sweep.
+# An item is right at w iff its label's score (divided by the option's length for ACC_norm) is strictly larger
+# than every other option's: a tie for the maximum is wrong.
+NOISE_REL = 1e-13  # |D| below this (relative to the scores' size) is rounding: a root cannot be located closer
+MERGE_REL = 1e-10  # change points of one item closer than this (relative to min(w, 1 - w)) are merged
+NORMS = 3  # divisors of the option score: 0 none (ACC), 1 characters (ACC_norm), 2 bytes (ACC_bytes)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fused_log_sum(a, b, p0, p1, w, v):
+    """sum_{p0 <= p < p1} log(w a_p + v b_p) (v = 1 - w): the scalar twin of `_fused_log_row`."""
+    acc = 0.0
+    for g0 in range(p0, p1, GROUP):
+        g1 = min(p1, g0 + GROUP)
+        safe = True
+        for p in range(g0, g1):
+            if a[p] < SAFE_MIN or b[p] < SAFE_MIN:
+                safe = False
+        if safe:
+            prod = 1.0
+            for p in range(g0, g1):
+                prod *= w * a[p] + v * b[p]
+            acc += math.log(prod)
+        else:
+            for p in range(g0, g1):
+                acc += math.log(w * a[p] + v * b[p])
+    return acc
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fused_log_slope(a, b, p0, p1, w, v):
+    """d/dw of `_fused_log_sum`: sum (a_p - b_p) / (w a_p + v b_p) (+-inf or nan where a factor is 0)."""
+    acc = 0.0
+    for p in range(p0, p1):
+        acc += (a[p] - b[p]) / (w * a[p] + v * b[p])
+    return acc
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fused_log_row(a, b, p0, p1, w, omw, prod, out):
+    """out[i] = sum_{p0 <= p < p1} log(w_i a_p + omw_i b_p) for every weight; ``prod`` is scratch of len(w)."""
+    nw = w.shape[0]
+    for i in range(nw):
+        out[i] = 0.0
+    for g0 in range(p0, p1, GROUP):
+        g1 = min(p1, g0 + GROUP)
+        safe = True
+        for p in range(g0, g1):
+            if a[p] < SAFE_MIN or b[p] < SAFE_MIN:
+                safe = False
+        if safe:
+            for i in range(nw):
+                prod[i] = 1.0
+            for p in range(g0, g1):
+                aa = a[p]
+                bb = b[p]
+                for i in range(nw):
+                    prod[i] *= w[i] * aa + omw[i] * bb
+            for i in range(nw):
+                out[i] += math.log(prod[i])
+        else:
+            for p in range(g0, g1):
+                aa = a[p]
+                bb = b[p]
+                for i in range(nw):
+                    out[i] += math.log(w[i] * aa + omw[i] * bb)
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def option_scores(a, b, offsets, w, omw, out):
+    """out[r, i] = s_r(w_i) = sum over option r's positions of log(w_i a + omw_i b), float64."""
+    n_rows = offsets.shape[0] - 1
+    nw = w.shape[0]
+    n_pieces = max(1, min(64, n_rows))
+    piece = (n_rows + n_pieces - 1) // n_pieces
+    for pc in prange(n_pieces):
+        prod = np.empty(nw)
+        for r in range(pc * piece, min(n_rows, (pc + 1) * piece)):
+            _fused_log_row(a, b, offsets[r], offsets[r + 1], w, omw, prod, out[r])
+
+
+@njit(cache=True, nogil=True)
+def _item_right(sc, i, r0, m, lab, div, k):
+    """Strict argmax of item scores sc[o, i] / div[k, r0 + o]: the label beats every other option (and -inf)."""
+    own = sc[lab, i] / div[k, r0 + lab]
+    ok = own > -np.inf
+    for o in range(m):
+        if o != lab:
+            ok = ok and own > sc[o, i] / div[k, r0 + o]
+    return ok
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def mc_counts(a, b, offsets, item_first, label, div, w, omw, max_opt, out):
+    """out[piece, k, i] = items right at weight w_i under norm k (divisor div[k, option row]: 1, characters,
+    bytes), counted over the piece's items; the wrapper sums the pieces (integers: order-free).
+
+    Per item the options' fused scores over the whole grid are built in a (max_opt, W) scratch, weights
+    innermost, then each weight's strict argmax is checked.
+    """
+    n_items = label.shape[0]
+    nw = w.shape[0]
+    n_pieces = out.shape[0]
+    piece = (n_items + n_pieces - 1) // n_pieces
+    for pc in prange(n_pieces):
+        sc = np.empty((max_opt, nw))
+        prod = np.empty(nw)
+        cnt = np.zeros((NORMS, nw), np.int64)
+        for it in range(pc * piece, min(n_items, (pc + 1) * piece)):
+            r0 = item_first[it]
+            m = item_first[it + 1] - r0
+            for o in range(m):
+                _fused_log_row(a, b, offsets[r0 + o], offsets[r0 + o + 1], w, omw, prod, sc[o])
+            lab = label[it]
+            for k in range(NORMS):
+                for i in range(nw):
+                    cnt[k, i] += _item_right(sc, i, r0, m, lab, div, k)
+        for k in range(NORMS):
+            for i in range(nw):
+                out[pc, k, i] = cnt[k, i]
+
+
+@njit(cache=True, nogil=True)
+def _min_of_max(f0, f1, g0, g1):
+    """min over t in [0, 1] of max(f(t), g(t)), f and g the lines through (0, f0), (1, f1) and (0, g0), (1, g1)."""
+    best = min(max(f0, g0), max(f1, g1))
+    den = (f0 - g0) - (f1 - g1)
+    if den != 0.0:
+        t = (f0 - g0) / den
+        if 0.0 < t < 1.0:
+            best = min(best, f0 + t * (f1 - f0))
+    return best
+
+
+@njit(cache=True, nogil=True)
+def _max_of_min(f0, f1, g0, g1):
+    """max over t in [0, 1] of min(f(t), g(t)) (lines as in `_min_of_max`)."""
+    best = max(min(f0, g0), min(f1, g1))
+    den = (f0 - g0) - (f1 - g1)
+    if den != 0.0:
+        t = (f0 - g0) / den
+        if 0.0 < t < 1.0:
+            best = max(best, f0 + t * (f1 - f0))
+    return best
+
+
+@njit(cache=True, nogil=True)
+def cell_sign(h, l0, dl0, l1, dl1, o0, do0, o1, do1):
+    """+1 if D = L - O > 0 on the whole cell [w0, w0 + h], -1 if D < 0 there, 0 if undecided.
+
+    L and O are concave in w (sums of logs of positive linear functions, divided by a positive length), given
+    by their values and slopes at both ends. A concave function lies above its chord and below its tangents,
+    so  chord_L - min(tangent0_O, tangent1_O) <= D <= min(tangent0_L, tangent1_L) - chord_O : each side is the
+    max (min) of two lines, whose extreme over the cell is at an end or where they cross. Both ends of D
+    must have the sign too (so rounding never certifies a cell across which D changes sign).
+    """
+    d0 = l0 - o0
+    d1 = l1 - o1
+    if d0 > 0.0 and d1 > 0.0:
+        lo = _min_of_max(d0, l1 - (o0 + h * do0), l0 - (o1 - h * do1), d1)
+        if lo > 0.0:
+            return 1
+    elif d0 < 0.0 and d1 < 0.0:
+        hi = _max_of_min(d0, (l0 + h * dl0) - o1, (l1 - h * dl1) - o0, d1)
+        if hi < 0.0:
+            return -1
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _score_at(a, b, offsets, r, w, dv):
+    p0 = offsets[r]
+    p1 = offsets[r + 1]
+    v = 1.0 - w
+    return _fused_log_sum(a, b, p0, p1, w, v) / dv, _fused_log_slope(a, b, p0, p1, w, v) / dv
+
+
+@njit(cache=True, nogil=True)
+def _identical(a, b, offsets, r, q):
+    """Options r and q have the same positions' (a, b), in order: their scores are equal at every w."""
+    n = offsets[r + 1] - offsets[r]
+    if offsets[q + 1] - offsets[q] != n:
+        return False
+    for j in range(n):
+        if a[offsets[r] + j] != a[offsets[q] + j] or b[offsets[r] + j] != b[offsets[q] + j]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _dead(a, b, offsets, r):
+    """Some position of option r has a = b = 0: its score is -inf at every weight."""
+    for p in range(offsets[r], offsets[r + 1]):
+        if a[p] == 0.0 and b[p] == 0.0:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _item_right_at(a, b, offsets, r0, m, lab, dv, w):
+    """Is the item right at the single weight w (0 < w < 1)? Scores as in `mc_counts`."""
+    v = 1.0 - w
+    own = _fused_log_sum(a, b, offsets[r0 + lab], offsets[r0 + lab + 1], w, v) / dv[r0 + lab]
+    ok = own > -np.inf
+    for o in range(m):
+        if o != lab:
+            ok = ok and own > _fused_log_sum(a, b, offsets[r0 + o], offsets[r0 + o + 1], w, v) / dv[r0 + o]
+    return ok
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _item_right_intervals(a, b, offsets, r0, m, lab, dv, grid, max_visits, stk, roots, out_lo, out_hi):
+    """One item of `mc_right_intervals` (serial: its scratch ``roots`` may be replaced by a larger array, which
+    is returned). Returns (number of right-intervals, cells visited, budget exhausted, roots scratch)."""
+    n_grid = grid.shape[0]
+    stack_n = stk.shape[0]
+    cap = out_lo.shape[0]
+    rl = r0 + lab
+    nr = 0
+    visits = 0
+    flag = 0
+    never = _dead(a, b, offsets, rl)
+    for o in range(m):
+        if never:
+            break
+        if o == lab:
+            continue
+        ro = r0 + o
+        if _dead(a, b, offsets, ro):
+            continue  # D = +inf
+        if dv[ro] == dv[rl] and _identical(a, b, offsets, rl, ro):
+            never = True  # a tie at every weight
+            break
+        # the grid's cells, pushed right to left so that they are processed left to right
+        top = 0
+        l1, dl1 = _score_at(a, b, offsets, rl, grid[n_grid - 1], dv[rl])
+        o1, do1 = _score_at(a, b, offsets, ro, grid[n_grid - 1], dv[ro])
+        for g in range(n_grid - 2, -1, -1):
+            l0, dl0 = _score_at(a, b, offsets, rl, grid[g], dv[rl])
+            o0, do0 = _score_at(a, b, offsets, ro, grid[g], dv[ro])
+            _put(stk, top, grid[g], grid[g + 1], l0, dl0, l1, dl1, o0, do0, o1, do1)
+            top += 1
+            l1, dl1, o1, do1 = l0, dl0, o0, do0
+        n_vis = 0
+        while top > 0:
+            top -= 1
+            w0 = stk[top, 0]
+            w1 = stk[top, 1]
+            l0, dl0, l1, dl1 = stk[top, 2], stk[top, 3], stk[top, 4], stk[top, 5]
+            o0, do0, o1, do1 = stk[top, 6], stk[top, 7], stk[top, 8], stk[top, 9]
+            n_vis += 1
+            if n_vis > max_visits:
+                flag = 1
+                break
+            if cell_sign(w1 - w0, l0, dl0, l1, dl1, o0, do0, o1, do1) != 0:
+                continue
+            mid = 0.5 * (w0 + w1)
+            # D at rounding level at both ends: a root localised as far as D can be (or D numerically 0 here,
+            # e.g. near w = 0 for options sharing b); either way one change point, and no further splitting.
+            noise = NOISE_REL * (1.0 + abs(l0) + abs(o0) + abs(l1) + abs(o1))
+            flat = noise < np.inf and abs(l0 - o0) <= noise and abs(l1 - o1) <= noise
+            if flat or mid <= w0 or mid >= w1 or w1 - w0 <= 1e-15 * w1 or top + 2 > stack_n:
+                if nr == roots.shape[0]:
+                    grown = np.empty(2 * nr)
+                    grown[:nr] = roots
+                    roots = grown
+                roots[nr] = mid
+                nr += 1
+                continue
+            lm, dlm = _score_at(a, b, offsets, rl, mid, dv[rl])
+            om, dom = _score_at(a, b, offsets, ro, mid, dv[ro])
+            _put(stk, top, mid, w1, lm, dlm, l1, dl1, om, dom, o1, do1)  # right half below,
+            _put(stk, top + 1, w0, mid, l0, dl0, lm, dlm, o0, do0, om, dom)  # left half on top
+            top += 2
+        visits += n_vis
+    count = 0
+    if not never:
+        rs = np.sort(roots[:nr])
+        # Roots closer than MERGE_REL x min(w, 1 - w) are one change point (D is only known to rounding, so a
+        # crossing can show as a cluster of sign changes a few ulps wide): the cluster's midpoint.
+        nc = 0
+        q = 0
+        while q < nr:
+            first = rs[q]
+            last = first
+            while q + 1 < nr and rs[q + 1] - last <= MERGE_REL * min(last, 1.0 - last):
+                q += 1
+                last = rs[q]
+            rs[nc] = 0.5 * (first + last)
+            nc += 1
+            q += 1
+        start = -1.0  # left end of the open right-run, -1 when none
+        prev = 0.0
+        for q in range(nc + 1):
+            nxt = rs[q] if q < nc else 1.0
+            if nxt <= prev:
+                continue
+            ok = _item_right_at(a, b, offsets, r0, m, lab, dv, 0.5 * (prev + nxt))
+            if ok and start < 0.0:
+                start = prev
+            elif not ok and start >= 0.0:
+                if count < cap:
+                    out_lo[count] = start
+                    out_hi[count] = prev
+                count += 1
+                start = -1.0
+            prev = nxt
+        if start >= 0.0:
+            if count < cap:
+                out_lo[count] = start
+                out_hi[count] = 1.0
+            count += 1
+    return count, visits, flag, roots
+
+
+@njit(cache=True, nogil=True)
+def _put(stk, i, w0, w1, l0, dl0, l1, dl1, o0, do0, o1, do1):
+    stk[i, 0] = w0
+    stk[i, 1] = w1
+    stk[i, 2] = l0
+    stk[i, 3] = dl0
+    stk[i, 4] = l1
+    stk[i, 5] = dl1
+    stk[i, 6] = o0
+    stk[i, 7] = do0
+    stk[i, 8] = o1
+    stk[i, 9] = do1
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def mc_right_intervals(a, b, offsets, item_first, label, dv, grid, items, max_visits,
+                       out_lo, out_hi, out_n, out_visits, out_flag):
+    """Per item (of ``items``), the open intervals of w in (0, 1) on which it is right: out_lo/out_hi[j, :n]
+    with n = out_n[j] (only the first out_lo.shape[1] are written when n exceeds it; the wrapper retries).
+
+    Change points: for every competitor o of the label l, the roots of D(w) = s_l(w)/dv_l - s_o(w)/dv_o in (0, 1).
+    Starting from the cells of ``grid`` (ascending, from 0 to 1), a cell is dropped once `cell_sign` certifies
+    the sign of D on all of it, else split in two; a cell too narrow to split (a few ulps) that is still
+    undecided, or whose D is at rounding level (NOISE_REL) at both ends, holds a root, recorded at its midpoint
+    (an extra change point is harmless: the item's correctness is then evaluated at the midpoint of every piece
+    between consecutive change points, and adjacent right pieces are merged). So no sign change of D is missed, double roots included, up to rounding of D itself;
+    change points closer than MERGE_REL x min(w, 1 - w) are merged first, so that rounding noise around one
+    crossing cannot leave ulp-wide pieces (a real double flip that narrow is lost, and means nothing).
+    Guards: an option with a = b = 0 somewhere scores -inf; a competitor identical to the label (same a, b
+    in order, same divisor) ties it everywhere; at most ``max_visits`` cells per competitor (out_flag[j] = 1
+    when the budget ran out: roots may be missing). out_visits[j] = cells visited.
+    """
+    n_todo = items.shape[0]
+    n_pieces = max(1, min(64, n_todo))
+    piece = (n_todo + n_pieces - 1) // n_pieces
+    for pc in prange(n_pieces):
+        stk = np.empty((grid.shape[0] + 2400, 10))
+        roots = np.empty(64)
+        for j in range(pc * piece, min(n_todo, (pc + 1) * piece)):
+            it = items[j]
+            r0 = item_first[it]
+            count, visits, flag, roots = _item_right_intervals(
+                a, b, offsets, r0, item_first[it + 1] - r0, label[it], dv, grid, max_visits, stk, roots,
+                out_lo[j], out_hi[j])
+            out_n[j] = count
+            out_visits[j] = visits
+            out_flag[j] = flag

@@ -139,6 +139,9 @@ def _groups(root: Path) -> tuple[dict, list]:
             log.warning("skipping %s: %s", p, e)
             skipped.append({"store": str(p), "reason": str(e)})
             continue
+        if isinstance(s.attrs.get("task"), dict):  # items and options, not a text stream: analysis.TaskPair
+            skipped.append({"store": str(p), "reason": "task store: see python -m analysis.sweep (analysis.TaskPair)"})
+            continue
         groups.setdefault(s.stream_hash, []).append(s)
     return groups, skipped
 

@@ -9,7 +9,8 @@ v = 1 - w separately so that precision holds as w* -> 1; alpha_nll = exp(u*). Th
 ACC: position s is certified right on the open interval (L1_s, U1_s) of w (and, exactly, at w = 0 / 1
 when B / A alone is right). acc_lo(w) is a step function; sorting all interval ends and sweeping gives
 its value on every open gap between consecutive ends and at every end itself; its maximisers are
-runs of these pieces.
+runs of these pieces. `interval_pieces` does the same for any set of open intervals (task items: one or more per
+item, `analysis.tasks`), and `pieces_optimum` applies the canonical choices to any such pieces.
 """
 
 from __future__ import annotations
@@ -142,6 +143,15 @@ class AccPieces:
 def acc_pieces(data: PairData, lo_bound: bool = True) -> AccPieces:
     """Exact acc count (certified if lo_bound, else possible) on every piece of [0, 1]."""
     lo_, hi_ = (data.l1, data.u1) if lo_bound else (data.l2, data.u2)
+    n_code = np.bincount(data.code, minlength=4)
+    # B alone right at w = 0, A alone right at w = 1
+    return interval_pieces(lo_, hi_, int(n_code[1] + n_code[3]), int(n_code[2] + n_code[3]))
+
+
+def interval_pieces(lo_: np.ndarray, hi_: np.ndarray, at0: int, at1: int) -> AccPieces:
+    """Pieces of a count that is the number of open intervals (lo_[j], hi_[j]) holding w, for 0 < w < 1, and
+    ``at0`` / ``at1`` at w = 0 / 1 exactly. Intervals may be empty (lo >= hi) and reach past [0, 1]; several
+    may belong to one unit (disjoint ones: a task item right on two separate ranges of w)."""
     valid = (lo_ < hi_) & (lo_ < 1.0) & (hi_ > 0.0)
     starts = lo_[valid & (lo_ > 0.0)]
     ends = hi_[valid & (hi_ < 1.0)]
@@ -154,9 +164,6 @@ def acc_pieces(data: PairData, lo_bound: bool = True) -> AccPieces:
     gaps = base + np.concatenate([[0], np.cumsum(n_start - n_end)])  # gap i lies right of coords[i-1]
     points = gaps[:-1] - n_end  # at coords[i]: the gap to its left minus intervals ending there
     m = coords.size
-    n_code = np.bincount(data.code, minlength=4)
-    at0 = int(n_code[1] + n_code[3])  # B alone right
-    at1 = int(n_code[2] + n_code[3])  # A alone right
     count = np.empty(2 * m + 3, np.int64)
     left = np.empty(2 * m + 3)
     right = np.empty(2 * m + 3)
@@ -239,7 +246,13 @@ class AccOptimum:
 
 def acc_optimum(data: PairData) -> AccOptimum:
     """Maximise acc_lo(w) exactly; improvement domain of ACC against A alone."""
-    p = acc_pieces(data, lo_bound=True)
+    return pieces_optimum(acc_pieces(data, lo_bound=True))
+
+
+def pieces_optimum(p: AccPieces) -> AccOptimum:
+    """Maximisers of a piecewise-constant count (`acc_pieces`, `interval_pieces`), canonical choices of DESIGN
+    section 3: every maximising interval, the representative weight of the one nearest beta = inf, and the
+    domain {count >= count at w = 1} walked down from w = 1."""
     best = int(p.count.max())
     runs = _runs(p.count == best)
     intervals = tuple(_interval(p, f, last) for f, last in runs)

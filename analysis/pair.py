@@ -113,21 +113,26 @@ def _row(frame: pl.DataFrame, i: int) -> dict:
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in frame.row(i, named=True).items()}
 
 
+def order_stores(a, b, order: str = "auto"):
+    """(primary, secondary): the larger model (total parameters) first for ``order="auto"``, as given for "given"."""
+    if order not in ("auto", "given"):
+        raise ValueError(f"order must be 'auto' (larger model primary) or 'given'; got {order!r}")
+    if order == "auto":
+        pa, pb = _params(a), _params(b)
+        if pb > pa:
+            log.info("swapping: %s (%g params) is larger than %s (%g); it becomes the primary",
+                     _name(b), pb, _name(a), pa)
+            return b, a
+        if math.isnan(pa) or math.isnan(pb):
+            log.warning("parameter counts missing; keeping %s as the primary", _name(a))
+    return a, b
+
+
 class Pair:
     """Two stores of one token stream: primary A (usually larger) and secondary B."""
 
     def __init__(self, primary, secondary, *, order: str = "auto"):
-        a, b = _as_store(primary), _as_store(secondary)
-        if order not in ("auto", "given"):
-            raise ValueError(f"order must be 'auto' (larger model primary) or 'given'; got {order!r}")
-        if order == "auto":
-            pa, pb = _params(a), _params(b)
-            if pb > pa:
-                log.info("swapping: %s (%g params) is larger than %s (%g); it becomes the primary",
-                         _name(b), pb, _name(a), pa)
-                a, b = b, a
-            elif math.isnan(pa) or math.isnan(pb):
-                log.warning("parameter counts missing; keeping %s as the primary", _name(a))
+        a, b = order_stores(_as_store(primary), _as_store(secondary), order)
         self.alignment = align(a, b)
         self.alignment.raise_if_incompatible()
         self.primary, self.secondary = a, b
@@ -206,12 +211,14 @@ class Pair:
                        relative_improvement(fused, ins.primary, ins.secondary), ins)
 
 
-def stream_pairs(members, order: str = "auto"):
+def stream_pairs(members, order: str = "auto", cls=None):
     """Every pair of different models among stores of one token stream.
 
-    Yields (a, b, pair, error): ``pair`` is the `Pair` (larger model primary unless ``order="given"``), or None with
-    the `IncompatiblePairError` that forbids it (say, a different vocabulary behind an equal stream hash).
+    Yields (a, b, pair, error): ``pair`` is the `Pair` (or ``cls(a, b, order=order)``, e.g. `analysis.TaskPair`;
+    larger model primary unless ``order="given"``), or None with the `IncompatiblePairError` that forbids it (say,
+    a different vocabulary behind an equal stream hash).
     """
+    cls = cls or Pair
     import itertools
 
     from pipeline.store import IncompatiblePairError
@@ -220,7 +227,7 @@ def stream_pairs(members, order: str = "auto"):
         if _name(a) == _name(b):
             continue
         try:
-            yield a, b, Pair(a, b, order=order), None
+            yield a, b, cls(a, b, order=order), None
         except IncompatiblePairError as e:
             yield a, b, None, e
 

@@ -8,6 +8,13 @@ where one exists, and writes to the Hydra run directory (under stores/_runs/anal
 baselines / pairs / skipped (parquet + CSV), sweeps.parquet, and table.md (printed at the end).
 Stores of one dataset split that do not share a token stream are listed as skipped with the reason;
 pairs that differ in context length, stride, dtype or quantisation are flagged.
+
+Task stores (attribute ``task``: LAMBADA's last word, multiple choice) are paired the same way and evaluated as
+`analysis.TaskPair`: their baselines and pairs rows carry the task's metrics (word/token PPL and certified ACC,
+or ACC / ACC_norm / ACC_bytes), their sweeps go to task_sweeps.parquet, and the table shows, per dataset, only
+the metrics that apply to it (the task's ``metrics`` attribute; the configured metrics for language modelling).
+Task pairs are not bootstrapped: their units are items (hundreds to a few thousand), and a held-out split is
+the honest check there; the pairs table says so in ``bootstrap_note``.
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ from tqdm.auto import tqdm
 from pipeline.store import StoreError, align, find_stores, open_store
 
 from .curves import log_beta_grid
+from .errors import AnalysisError
 from .pair import stream_pairs
 from .table import markdown, paper_table
+from .tasks import TaskPair, is_task_store, task_stream_pairs
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +126,12 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
         groups.setdefault(s.stream_hash, []).append(s)
     # The written sweeps: a linear grid in w plus log-spaced betas from 1e-3 to 1e4 (optima are often near w = 1).
     weights = np.union1d(np.linspace(0.0, 1.0, cfg.n_weights), log_beta_grid(141, 1e-3, 1e4))
-    baselines, pairs, sweeps = {}, {}, []
+    baselines, pairs, sweeps, task_sweeps = {}, {}, [], []
     ordered = sorted(groups.items(), key=lambda kv: (kv[1][0].dataset.get("name"), kv[1][0].dataset.get("split")))
     for _, members in tqdm(ordered, desc="stream groups", unit="group", disable=len(ordered) < 2):
+        if any(is_task_store(s) for s in members):
+            _task_group(members, cfg, weights, _family, found, baselines, pairs, task_sweeps)
+            continue
         for a, b, pair, error in stream_pairs(members, cfg.order):
             if error is not None:
                 found.skipped.append({"a": _model(a), "b": _model(b), "dataset": a.dataset.get("name"),
@@ -155,10 +167,55 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
 
         for entry in tqdm(list(pairs.values()), desc=f"bootstrap ({cfg.n_resamples} resamples)", unit="pair"):
             row = entry["row"]
+            if isinstance(entry["pair"], TaskPair):
+                row["bootstrap_note"] = "task pair: not bootstrapped (see the held-out columns)"
+                continue
             hw = (row["heldout_w_nll"], row["heldout_w_acc"]) if "heldout_w_nll" in row else None
             row.update(sweep_columns(entry["pair"], heldout_w=hw, n_resamples=cfg.n_resamples, seed=cfg.seed,
                                      by=_unit(cfg.bootstrap_unit, entry["pair"]), kfold=cfg.kfold))
-    return _write(cfg, baselines, pairs, sweeps, found)
+    return _write(cfg, baselines, pairs, sweeps, found, task_sweeps)
+
+
+def _task_baseline_row(s, family: str, row: dict, pair: TaskPair) -> dict:
+    lay = pair.layout
+    out = {"model": _model(s), "family": family, "n_params": s.model.get("n_params"),
+           "dataset": s.dataset.get("name"), "split": s.dataset.get("split"), "n_positions": s.n,
+           "task": pair.kind, "task_metrics": ",".join(lay.metrics), "n_items": lay.n_items}
+    out.update({m: row[m] for m in lay.available()})
+    out["path"] = str(s.path)
+    return out
+
+
+def _task_group(members, cfg, weights, family, found, baselines, pairs, task_sweeps) -> None:
+    """Every pair of a group of task stores (one token stream): baselines, pairs rows, sweeps."""
+    tasks = [s for s in members if is_task_store(s)]
+    for s in members:
+        if not is_task_store(s):
+            found.skipped.append({"a": _model(s), "b": "", "dataset": s.dataset.get("name"),
+                                  "split": s.dataset.get("split"),
+                                  "reason": "shares a task store's stream hash but has no 'task' attribute"})
+    for a, b, pair, error in task_stream_pairs(tasks, cfg.order):
+        ds, split = a.dataset.get("name"), a.dataset.get("split")
+        try:
+            if error is not None:
+                raise error
+            log.info("task pair %s on %s/%s", pair, ds, split)
+            opt = pair.optimum()
+            fam = family(pair.primary)
+            for s, row in ((pair.primary, opt.primary), (pair.secondary, opt.secondary)):
+                baselines[(_model(s), family(s), ds, split)] = _task_baseline_row(s, family(s), row, pair)
+            k = pair.param_ratio(cfg.param_count)
+            pairs[(pair.names, fam, ds, split)] = {"pair": pair, "row": {
+                "primary": pair.names[0], "secondary": pair.names[1], "family": fam, "dataset": ds, "split": split,
+                "task": pair.kind, "n_items": pair.layout.n_items,
+                "k": k, "k_from": cfg.param_count, "k_sort": k if math.isfinite(k) else math.inf,
+                "flags": pair.alignment.flags, **opt.row()}}
+            if cfg.write_sweeps:
+                task_sweeps.append(pair.sweep(weights).with_columns(
+                    primary=pl.lit(pair.names[0]), secondary=pl.lit(pair.names[1]), dataset=pl.lit(ds),
+                    split=pl.lit(split), task=pl.lit(pair.kind)))
+        except (AnalysisError, StoreError) as e:
+            found.skipped.append({"a": _model(a), "b": _model(b), "dataset": ds, "split": split, "reason": str(e)})
 
 
 def _skipped_across_groups(groups: dict, found: Found) -> None:
@@ -190,16 +247,19 @@ def _heldout(pairs: dict, cfg: AnalyzeSettings) -> None:
                       if (names, family, dataset, vs) in pairs), None)
         if valid is None:
             continue
+        if isinstance(entry["pair"], TaskPair):
+            row.update({"heldout_split": valid["row"]["split"], **entry["pair"].heldout(valid["pair"]).row()})
+            continue
         h = entry["pair"].heldout(valid["pair"])
         row.update({"heldout_split": valid["row"]["split"], "heldout_w_nll": h.w_nll, "heldout_alpha_nll": h.alpha_nll,
                     "heldout_w_acc": h.w_acc, "heldout_alpha_acc": h.alpha_acc,
                     **{f"heldout_impr_{m}": v for m, v in h.improvement.items()}})
 
 
-def _write(cfg, baselines, pairs, sweeps, found) -> dict[str, pl.DataFrame]:
+def _write(cfg, baselines, pairs, sweeps, found, task_sweeps=()) -> dict[str, pl.DataFrame]:
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    base = pl.DataFrame(list(baselines.values())) if baselines else pl.DataFrame(
+    base = pl.DataFrame(list(baselines.values()), infer_schema_length=None) if baselines else pl.DataFrame(
         schema={"model": pl.Utf8, "family": pl.Utf8, "n_params": pl.Int64, "dataset": pl.Utf8, "split": pl.Utf8})
     prs = pl.DataFrame([e["row"] for e in pairs.values()], infer_schema_length=None) if pairs else pl.DataFrame(
         schema={"primary": pl.Utf8, "secondary": pl.Utf8, "family": pl.Utf8, "dataset": pl.Utf8,
@@ -214,6 +274,10 @@ def _write(cfg, baselines, pairs, sweeps, found) -> dict[str, pl.DataFrame]:
         sw = pl.concat(sweeps)
         sw.write_parquet(out / "sweeps.parquet")
         frames["sweeps"] = sw
+    if task_sweeps:
+        tw = pl.concat(task_sweeps, how="diagonal_relaxed")
+        tw.write_parquet(out / "task_sweeps.parquet")
+        frames["task_sweeps"] = tw
     (out / "table.md").write_text(render(frames, cfg))
     log.info("wrote %s", out)
     return frames
@@ -227,10 +291,11 @@ def render(frames: dict, cfg: AnalyzeSettings) -> str:
     for fam in families:
         b = table_splits(base.filter(pl.col("family") == fam))
         p = table_splits(prs.filter(pl.col("family") == fam)) if prs.height else prs
-        parts.append(paper_table(b, p, list(cfg.metrics), family=fam))
+        parts.append(paper_table(b, p, list(cfg.metrics), family=fam, task_metrics=task_metrics(b)))
     if prs.height:
         cols = [c for c in ("primary", "secondary", "dataset", "split", "k", "alpha_nll", "d_nll", "alpha_acc",
-                            "d_acc", "d_acc_disconnected", "heldout_alpha_nll", "flags") if c in prs.columns]
+                            "d_acc", "alpha_acc_norm", "d_acc_disconnected", "heldout_alpha_nll", "heldout_alpha_acc",
+                            "flags") if c in prs.columns]
         parts += ["## Optimal weight ratios (beta = w / (1 - w); inf = primary alone)", "",
                   markdown(prs.select(cols)), ""]
     ci = _intervals(prs) if prs.height else None
@@ -242,6 +307,16 @@ def render(frames: dict, cfg: AnalyzeSettings) -> str:
     if skipped.height:
         parts += ["## Skipped", "", markdown(skipped), ""]
     return "\n".join(parts)
+
+
+def task_metrics(baselines: pl.DataFrame) -> dict[str, list[str]]:
+    """dataset -> the task metrics to show for it (task datasets only), from the baselines' task_metrics column."""
+    if not baselines.height or "task_metrics" not in baselines.columns:
+        return {}
+    out = {}
+    for d, m in baselines.select("dataset", "task_metrics").drop_nulls().unique(maintain_order=True).iter_rows():
+        out.setdefault(d, [x for x in m.split(",") if x])
+    return out
 
 
 def _unit(unit: str, pair) -> str:

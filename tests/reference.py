@@ -285,3 +285,72 @@ def exchange_thresholds(arr_a, arr_b, lp_a, lp_b):
 
 NAMES_ALL = ("targets", "target_logprob", "target_rank", "target_ties", "topk_ids", "topk_logprobs",
              "tail_logmass", "entropy", "n_chars", "n_bytes", "doc_id")
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+def task_option_scores(a, b, offsets, weights) -> np.ndarray:
+    """(n_rows, W): every option's fused score sum_p log(w a_p + (1 - w) b_p), one option at a time."""
+    w = np.asarray(weights, np.float64)[None, :]
+    out = np.empty((len(offsets) - 1, w.shape[1]))
+    with np.errstate(divide="ignore"):
+        for r in range(len(offsets) - 1):
+            sl = slice(offsets[r], offsets[r + 1])
+            out[r] = np.sum(np.log(w * a[sl, None] + (1.0 - w) * b[sl, None]), axis=0)
+    return out
+
+
+def task_margins(scores, item_first, label, div=None) -> np.ndarray:
+    """(n_items, W): the label's (divided) score minus the best other option's (-inf when there is none); the
+    item is right iff its margin is > 0 (a tie is wrong)."""
+    div = np.ones(scores.shape[0]) if div is None else div
+    s = scores / div[:, None]
+    out = np.empty((len(item_first) - 1, scores.shape[1]))
+    for i in range(len(item_first) - 1):
+        rows = np.arange(item_first[i], item_first[i + 1])
+        own = s[item_first[i] + label[i]]
+        others = s[rows[rows != item_first[i] + label[i]]]
+        best = others.max(axis=0) if len(others) else np.full(s.shape[1], -np.inf)
+        with np.errstate(invalid="ignore"):
+            out[i] = np.where(own == best, 0.0, own - best)  # -inf vs -inf is a tie
+    return out
+
+
+def task_count_bracket(margins, tol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+    """Items right per weight, bracketed against rounding: (margin > tol, margin > -tol) counts. A kernel that
+    computes the same scores to ~1e-15 must land in [lo, hi]; lo == hi when no item is within tol of a tie."""
+    return (margins > tol).sum(axis=0), (margins > -tol).sum(axis=0)
+
+
+def task_lw_certified(arr_a, arr_b, n_classes_a, n_classes_b, offsets, weights):
+    """Last word, brute force: (items certified right, items possibly right) per weight = items whose every
+    position is certified (possibly) right, from `certified_right`."""
+    lo, hi = certified_right(arr_a, arr_b, n_classes_a, n_classes_b, weights)
+    items_lo = np.array([lo[offsets[r]:offsets[r + 1]].all(axis=0) for r in range(len(offsets) - 1)])
+    items_hi = np.array([hi[offsets[r]:offsets[r + 1]].all(axis=0) for r in range(len(offsets) - 1)])
+    return items_lo.sum(axis=0), items_hi.sum(axis=0)
+
+
+def task_lw_ppl(arr_a, arr_b, offsets, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Last word: (word PPL, token PPL) per weight, from per-item sums of log(w a + (1 - w) b)."""
+    a = np.exp(arr_a["target_logprob"].astype(np.float64))
+    b = np.exp(arr_b["target_logprob"].astype(np.float64))
+    word = task_option_scores(a, b, offsets, weights)
+    return np.exp(-word.mean(axis=0)), np.exp(-word.sum(axis=0) / len(a))
+
+
+def memory_task_pair(seed: int, kind: str = "multiple_choice", n_items: int = 20, k: int = 4,
+                     logprob_dtype: str = "float16", **task_kw):
+    """A random task (`pipeline.store.synthetic.random_task`) as two analysis MemoryStores (A: 1B params, B: 100M);
+    returns (store_a, store_b, task dict)."""
+    from analysis.data import MemoryStore
+    from pipeline.store.synthetic import random_task, task_attr
+
+    t = random_task(kind, n_items, np.random.default_rng(seed), **task_kw)
+    stores = []
+    for lp, name, params in zip(t["logprobs"], ("A", "B"), (1_000_000_000, 100_000_000)):
+        arr = arrays_from_logprobs(lp, t["targets"], k, logprob_dtype, doc_id=t["item_id"], n_chars=t["n_chars"],
+                                   n_bytes=t["n_bytes"])
+        arr.update(item_id=t["item_id"], option_id=t["option_id"])
+        attrs = {**synthetic_attrs(name, n_params=params), "task": task_attr(kind, "synthetic_task", n_items)}
+        stores.append(MemoryStore(arr, n_classes=lp.shape[1], attrs=attrs, tables=t["tables"]))
+    return stores[0], stores[1], t

@@ -57,3 +57,38 @@ def test_cli_entry_point(tmp_path):
     assert "| LLM | SLM |" in proc.stdout
     tables = list(runs.glob("analyze/*/table.md"))
     assert len(tables) == 1
+
+
+def test_run_with_task_stores_beside_language_modelling(tmp_path):
+    """LM and task stores of one tokenizer family in one directory: one table with both, each dataset showing
+    only its own metrics; task baselines, pairs (in-sample and held-out), task sweeps."""
+    from pipeline.store.synthetic import write_random_task_pair
+
+    root = tmp_path / "stores"
+    _write_family(root, seed=0, split="test", dataset="wiki", n=200)
+    names = (("big", 10**9), ("mid", 10**8), ("small", 10**7))
+    write_random_task_pair(root, "multiple_choice", 40, seed=1, names=names, dataset="arc_easy", split="test")
+    write_random_task_pair(root, "multiple_choice", 30, seed=2, names=names, dataset="arc_easy", split="validation")
+    write_random_task_pair(root, "last_word", 30, seed=3, names=names[::2], dataset="lambada_openai")
+    frames = run(AnalyzeSettings(stores=root, out_dir=tmp_path / "run", n_weights=11, n_resamples=20))
+    base, pairs = frames["baselines"], frames["pairs"]
+    arc = base.filter((pl.col("dataset") == "arc_easy") & (pl.col("split") == "test"))
+    assert arc.height == 3 and arc["task_metrics"].unique().to_list() == ["acc,acc_norm"]
+    assert arc["acc"].is_between(0, 1).all()
+    lam = pairs.filter(pl.col("dataset") == "lambada_openai")
+    assert lam.height == 1 and lam["task"][0] == "last_word" and lam["impr_word_ppl"].is_not_null().all()
+    arc_pairs = pairs.filter((pl.col("dataset") == "arc_easy") & (pl.col("split") == "test"))
+    assert arc_pairs.height == 3 and arc_pairs["heldout_impr_acc"].is_not_null().all()
+    assert (arc_pairs["impr_acc"] >= arc_pairs["heldout_impr_acc"] - 1e-9).all()  # in-sample is optimal
+    assert arc_pairs["bootstrap_note"].str.contains("task pair").all()
+    assert {"task_sweeps", "sweeps"} <= set(frames)
+    table = (tmp_path / "run" / "table.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| LLM"))
+    for col in ("wiki PPL ↓", "wiki ACC ↑ (%)", "arc_easy ACC ↑ (%)", "arc_easy ACC_norm ↑ (%)",
+                "lambada_openai PPL ↓ (word)", "lambada_openai PPL ↓ (token)", "lambada_openai ACC ↑ (%)"):
+        assert col in header
+    for col in ("arc_easy PPL ↓", "arc_easy BPC", "lambada_openai BPC", "wiki ACC_norm", "arc_easy ACC_bytes"):
+        assert col not in header
+    assert table.count("| LLM |") == 1  # one family, one table
+    big_small = next(line for line in table.split("held-out")[1].splitlines() if line.startswith("| big † | small"))
+    assert "%" in big_small and big_small.count("–") < big_small.count("|") - 3

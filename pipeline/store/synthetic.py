@@ -4,6 +4,8 @@
   reference for extraction tests, and the source of small stores whose truth is computable).
 * ``random_distributions``: targets and noisy full distributions of several "models" over a small vocabulary,
   optionally with exact ties.
+* ``random_task`` / ``write_task_store_from_logprobs`` / ``write_random_task_pair``: task stores (LAMBADA-style
+  last word, multiple choice) with their item/option arrays and tables, from full distributions.
 * ``write_zipf_pair``: two large aligned stores with realistic, Zipf-shaped top-K log-probs, generated
   block by block without full distributions (benchmarks, storage figures).
 """
@@ -93,24 +95,124 @@ def synthetic_attrs(model: str, *, n_params: int = 1_000_000, dataset: str = "sy
 def write_store_from_logprobs(path, logprobs, targets, k: int, logprob_dtype: str = "float16", *,
                               model: str = "model", n_params: int = 1_000_000, doc_id=None, n_chars=None,
                               n_bytes=None, attrs: dict | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                              overwrite: bool = False, tables: dict | None = None, **attr_kwargs):
+                              overwrite: bool = False, tables: dict | None = None, extra: dict | None = None,
+                              **attr_kwargs):
     """Write a store whose every array is computed by brute force from full log-probs; returns the Store.
 
-    ``tables``: non-position arrays to store too (e.g. {"vocab": strings}).
+    ``tables``: non-position arrays to store too (e.g. {"vocab": strings}); ``extra``: optional position arrays
+    (e.g. {"item_id": ..., "option_id": ...}).
     """
     arrays = arrays_from_logprobs(logprobs, targets, k, logprob_dtype, doc_id=doc_id, n_chars=n_chars,
                                   n_bytes=n_bytes)
+    arrays.update({name: np.asarray(x, np.int32) for name, x in (extra or {}).items()})
     a = synthetic_attrs(model, n_params=n_params, **attr_kwargs)
     for key, value in (attrs or {}).items():
         a[key] = {**a[key], **value} if isinstance(value, dict) and isinstance(a.get(key), dict) else value
     n, v = np.shape(logprobs)
     w = StoreWriter(path, n_positions=n, top_k=k, n_classes=v, logprob_dtype=logprob_dtype, attrs=a,
-                    setting_hash=config_hash([a, k, logprob_dtype]), chunk_size=chunk_size, overwrite=overwrite)
+                    setting_hash=config_hash([a, k, logprob_dtype]), chunk_size=chunk_size, overwrite=overwrite,
+                    optional=("entropy", *(extra or {})))
     with w:
         for name, table in (tables or {}).items():
             w.write_table(name, table)
         w.write(0, **arrays)
     return w.close()
+
+
+# ---------------------------------------------------------------------------------------------- task stores
+TASK_METRICS = {"last_word": ["word_ppl", "token_ppl", "acc"], "multiple_choice": ["acc", "acc_norm"]}
+
+
+def task_attr(kind: str, name: str, n_items: int, metrics=None, protocol: str = "synthetic") -> dict:
+    """The ``task`` attribute of a task store (see pipeline.store.tasks)."""
+    return {"name": name, "kind": kind, "protocol": protocol,
+            "metrics": list(TASK_METRICS[kind] if metrics is None else metrics), "n_items": int(n_items),
+            "skipped": {}}
+
+
+def write_task_store_from_logprobs(path, logprobs, targets, item_id, option_id, tables: dict, kind: str, k: int,
+                                   logprob_dtype: str = "float16", *, task_name: str | None = None,
+                                   metrics=None, n_chars=None, n_bytes=None, attrs: dict | None = None,
+                                   **kwargs):
+    """Write a task store (positions ordered by (item, option, token); doc_id = item_id) from full log-probs.
+
+    ``tables``: the int32 task tables (item_label, item_n_options, item_source_index, option_n_chars,
+    option_n_bytes; see schema.TASK_TABLES); the layout is checked before anything is written. ``task_name``
+    defaults to the dataset name; other keyword arguments go to `write_store_from_logprobs` (model, n_params,
+    dataset, split, tokenizer, chunk_size, overwrite, ...).
+    """
+    from .tasks import check_tables, option_offsets
+
+    tables = {name: np.asarray(x, np.int32) for name, x in tables.items()}
+    check_tables(tables)
+    option_offsets(item_id, option_id, tables["item_n_options"])
+    name = task_name or kwargs.get("dataset", "synthetic_task")
+    a = {"task": task_attr(kind, name, len(tables["item_n_options"]), metrics), **(attrs or {})}
+    return write_store_from_logprobs(path, logprobs, targets, k, logprob_dtype, doc_id=item_id, n_chars=n_chars,
+                                     n_bytes=n_bytes, attrs=a, tables=tables,
+                                     extra={"item_id": item_id, "option_id": option_id}, **kwargs)
+
+
+def random_task(kind: str, n_items: int, rng: np.random.Generator, *, vocab: int = 12, n_models: int = 2,
+                n_options=(2, 5), n_tokens=(1, 6), noise=(0.8, 1.6), sharpness: float = 2.0,
+                tie_grid: float | None = None, label_noise: float = 1.0):
+    """A random task of ``n_items`` items for ``n_models`` noisy models (`random_distributions` per position).
+
+    last_word: one option per item of n_tokens tokens; multiple_choice: n_options options (inclusive range) of
+    n_tokens tokens each, the label the option with the best mean model score plus Gumbel noise x label_noise
+    (so that the models are better than chance). Returns a dict: targets, logprobs (list per model, (N, vocab)),
+    item_id, option_id, n_chars, n_bytes (per position) and tables.
+    """
+    if kind == "last_word":
+        n_opt = np.ones(n_items, np.int64)
+    else:
+        n_opt = rng.integers(n_options[0], n_options[1] + 1, n_items)
+    n_tok = rng.integers(n_tokens[0], n_tokens[1] + 1, int(n_opt.sum()))
+    n = int(n_tok.sum())
+    targets, lps = random_distributions(n, vocab, rng, n_models=n_models, noise=noise, sharpness=sharpness,
+                                        tie_grid=tie_grid)
+    row = np.repeat(np.arange(len(n_tok)), n_tok)
+    first = np.concatenate([[0], np.cumsum(n_opt)])
+    item_of_row = np.repeat(np.arange(n_items), n_opt)
+    item_id = item_of_row[row]
+    option_id = (np.arange(len(n_tok)) - first[item_of_row])[row]
+    n_chars = rng.integers(1, 6, n).astype(np.int32)
+    n_bytes = n_chars + (rng.random(n) < 0.2)
+    offsets = np.concatenate([[0], np.cumsum(n_tok)])
+    opt_chars = np.maximum(np.add.reduceat(n_chars, offsets[:-1]) - 1, 1)  # without the leading space
+    opt_bytes = opt_chars + rng.integers(0, 3, len(n_tok))
+    if kind == "last_word":
+        label = np.zeros(n_items, np.int64)
+    else:
+        score = np.mean([np.add.reduceat(lp[np.arange(n), targets], offsets[:-1]) for lp in lps], axis=0)
+        noisy = score / n_tok + label_noise * rng.gumbel(size=len(n_tok))
+        label = np.array([int(np.argmax(noisy[first[i]:first[i + 1]])) for i in range(n_items)])
+    tables = {"item_label": label, "item_n_options": n_opt, "item_source_index": np.arange(n_items) * 2,
+              "option_n_chars": opt_chars, "option_n_bytes": opt_bytes}
+    return {"targets": targets, "logprobs": lps, "item_id": item_id.astype(np.int32),
+            "option_id": option_id.astype(np.int32), "n_chars": n_chars, "n_bytes": n_bytes.astype(np.int32),
+            "tables": {k: np.asarray(v, np.int32) for k, v in tables.items()}}
+
+
+def write_random_task_pair(directory, kind: str, n_items: int, seed: int = 0, *, k: int = 6,
+                           logprob_dtype: str = "float16", names=(("task-A", 1_000_000_000), ("task-B", 100_000_000)),
+                           dataset: str | None = None, split: str = "test", **kwargs) -> list[Path]:
+    """Write aligned task stores of ``len(names)`` models (one random task, `random_task`) under
+    ``directory/<dataset>/<split>/<model>.zarr``; returns their paths. Keyword arguments not taken by
+    `random_task` go to `write_task_store_from_logprobs` (tokenizer, chunk_size, overwrite, ...)."""
+    task_keys = ("vocab", "n_options", "n_tokens", "noise", "sharpness", "tie_grid", "label_noise")
+    task_kw = {key: kwargs.pop(key) for key in task_keys if key in kwargs}
+    rng = np.random.default_rng(seed)
+    t = random_task(kind, n_items, rng, n_models=len(names), **task_kw)
+    dataset = dataset or ("lambada_synthetic" if kind == "last_word" else "mc_synthetic")
+    paths = []
+    for lp, (model, params) in zip(t["logprobs"], names):
+        p = Path(directory) / dataset / split / f"{model}.zarr"
+        write_task_store_from_logprobs(p, lp, t["targets"], t["item_id"], t["option_id"], t["tables"], kind, k,
+                                       logprob_dtype, model=model, n_params=params, n_chars=t["n_chars"],
+                                       n_bytes=t["n_bytes"], dataset=dataset, split=split, **kwargs)
+        paths.append(p)
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------- Zipf pairs

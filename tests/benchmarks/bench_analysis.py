@@ -7,7 +7,11 @@ pipeline.store.synthetic.zipf_blocks), 101 weights:
     the same run, scaled linearly, with an exact-equality check on that subset;
   * the exact NLL optimum (and, separately, its improvement domain); the exact ACC optimum;
   * the same sweep end to end from Zarr stores on disk (read + decompress included);
-  * first-call compile time with an empty Numba cache (a subprocess), and memory bandwidth for context.
+  * first-call compile time with an empty Numba cache (a subprocess), and memory bandwidth for context;
+  * a multiple-choice task (--task-items items x 4 options x 3-7 tokens, Zipf-shaped a, b): the fused ACC /
+    ACC_norm / ACC_bytes sweep (kernels.mc_counts) against the NumPy reference (tests/reference.py:
+    task_option_scores + task_margins, ACC and ACC_norm) on the same data in the same run, and the grid-refined
+    ACC and ACC_norm optima. `--task-only` runs only this part and rewrites only its section of the markdown.
 
     .venv/bin/python tests/benchmarks/bench_analysis.py [--n 2000000] [--subset 20000] [--repeat 3]
 """
@@ -99,6 +103,88 @@ def cold_compile_seconds():
     return [float(x) for x in cold.stdout.split()], [float(x) for x in warm.stdout.split()]
 
 
+TASK_BEGIN = "<!-- task benchmark: begin -->"
+TASK_END = "<!-- task benchmark: end -->"
+
+
+def make_task_pair(n_items, seed=0, k=64):
+    """A multiple-choice task pair in memory: n_items x 4 options x 3-7 tokens, positions from zipf_blocks."""
+    from analysis.data import MemoryStore
+    from pipeline.store.synthetic import task_attr
+
+    rng = np.random.default_rng(seed)
+    n_opt = np.full(n_items, 4)
+    n_tok = rng.integers(3, 8, n_items * 4)
+    n = int(n_tok.sum())
+    (_, (arr_a, arr_b)), = list(zipf_blocks(n, k=k, vocab=VOCAB, seed=seed, block=n))
+    row = np.repeat(np.arange(n_tok.size), n_tok)
+    item_id = (row // 4).astype(np.int32)
+    option_id = (row % 4).astype(np.int32)
+    chars = np.add.reduceat(arr_a["n_chars"], np.concatenate([[0], np.cumsum(n_tok)[:-1]])) - 1
+    tables = {"item_label": rng.integers(0, 4, n_items), "item_n_options": n_opt,
+              "item_source_index": np.arange(n_items), "option_n_chars": np.maximum(chars, 1),
+              "option_n_bytes": np.maximum(chars, 1) + rng.integers(0, 2, n_tok.size)}
+    tables = {key: v.astype(np.int32) for key, v in tables.items()}
+    stores = []
+    for arr, (name, params) in zip((arr_a, arr_b), (("task-A", 10**9), ("task-B", 10**8))):
+        arr = dict(arr, item_id=item_id, option_id=option_id, doc_id=item_id)
+        attrs = {**synthetic_attrs(name, n_params=params), "task": task_attr("multiple_choice", "zipf_mc", n_items)}
+        stores.append(MemoryStore(arr, n_classes=VOCAB, attrs=attrs, tables=tables))
+    return stores
+
+
+def task_section(args, w):
+    """The multiple-choice rows: returns markdown lines (between the TASK markers)."""
+    from analysis.tasks import TaskPair
+
+    lines = [TASK_BEGIN, ""]
+    say = lambda s="": (print(s, flush=True), lines.append(s))  # noqa: E731
+    TaskPair(*make_task_pair(200, seed=1)).optimum()  # warm up (cache load)
+    sa, sb = make_task_pair(args.task_items)
+    tp = TaskPair(sa, sb)
+    t_load, _ = best_of(lambda: tp.data, 1)
+    lay, d = tp.layout, tp.data
+    tp.single("A"), tp.single("B")  # the exact single-model rows (w = 1, w = 0), computed once and cached
+    t_kernel, frame = best_of(lambda: tp.sweep(w), args.repeat, "task_sweep")
+    t0 = time.perf_counter()
+    scores = ref.task_option_scores(d.a, d.b, lay.offsets, w)
+    margins = {m: ref.task_margins(scores, lay.item_first, lay.label, div)
+               for m, div in (("acc", None), ("acc_norm", lay.div[1]))}
+    t_ref = time.perf_counter() - t0
+    inner = (w > 0) & (w < 1)
+    same = True
+    for m, col in (("acc", "n_right"), ("acc_norm", "n_right_norm")):
+        lo, hi = ref.task_count_bracket(margins[m])
+        got = frame[col].to_numpy()
+        same &= bool(((lo <= got) & (got <= hi))[inner].all() and np.array_equal(got[inner & (lo == hi)],
+                                                                                 lo[inner & (lo == hi)]))
+    t0 = time.perf_counter()
+    tp._optimum = None
+    opt = tp.optimum()
+    t_opt = time.perf_counter() - t0
+    n_pos = d.n
+    say(f"## Multiple-choice task: {args.task_items:,} items x 4 options, {n_pos:,} positions")
+    say()
+    say(f"Zipf-shaped a, b (`zipf_blocks`, K = {args.k}) grouped into {args.task_items:,} items of 4 options of 3-7 "
+        f"tokens, random labels; {args.weights} weights linspace(0, 1). Best of {args.repeat} runs (median "
+        f"{MEDIANS['task_sweep']:.3f} s) after a warm-up; arrays in memory; loading the pair's per-position arrays "
+        f"(phase 1, shared with the LM sweep) took {t_load:.2f} s and is not in the rows below.")
+    say()
+    say("| step | time (s) | note |")
+    say("|---|---|---|")
+    say(f"| fused ACC + ACC_norm + ACC_bytes over the grid (`kernels.mc_counts`, via `TaskPair.sweep`) | "
+        f"{t_kernel:.3f} | one pass: per item the options' scores over all weights, then the strict argmax |")
+    say(f"| NumPy reference, ACC + ACC_norm (`reference.task_option_scores` + `task_margins`) | {t_ref:.2f} | "
+        f"the whole data set; counts within the reference's rounding bracket: {same} |")
+    say(f"| speed-up over the reference | {t_ref / t_kernel:.0f}x | the kernel also computes ACC_bytes |")
+    say(f"| grid-refined ACC and ACC_norm optima (certified change points, exact pieces) | {t_opt:.2f} | "
+        f"alpha_acc = {opt.metrics['acc'].alpha:.4g} (ACC {opt.metrics['acc'].value:.4f} vs A "
+        f"{opt.metrics['acc'].primary:.4f}), alpha_acc_norm = {opt.metrics['acc_norm'].alpha:.4g} |")
+    say()
+    say(TASK_END)
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2_000_000)
@@ -111,8 +197,25 @@ def main():
     ap.add_argument("--store-dir", default=str(ROOT / "stores" / "_bench" / "analysis"))
     ap.add_argument("--no-store", action="store_true", help="skip the end-to-end timing from Zarr stores")
     ap.add_argument("--out", default=str(ROOT / "tests" / "benchmarks" / "analysis.md"))
+    ap.add_argument("--task-items", type=int, default=20_000)
+    ap.add_argument("--task-only", action="store_true",
+                    help="run only the multiple-choice task rows and replace only their section of --out")
     args = ap.parse_args()
     w = np.linspace(0, 1, args.weights)
+    if args.task_only:
+        wait_quiet(args.wait_quiet)
+        section = task_section(args, w)
+        path = Path(args.out)
+        text = path.read_text() if path.is_file() else ""
+        cmd = " ".join([".venv/bin/python", "tests/benchmarks/bench_analysis.py", *sys.argv[1:]])
+        section[2:2] = [f"Task section re-run alone: `{cmd}`; load average {os.getloadavg()[0]:.1f} at its end.", ""]
+        if TASK_BEGIN in text and TASK_END in text:
+            head, rest = text.split(TASK_BEGIN, 1)
+            text = head + "\n".join(section) + rest.split(TASK_END, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+        path.write_text(text)
+        return
     lines = []
     say = lambda s="": (print(s, flush=True), lines.append(s))  # noqa: E731
 
@@ -207,6 +310,8 @@ def main():
     say(f"Sanity: acc_lo <= acc_hi everywhere: {bool((acc_lo <= acc_hi).all())}; largest undetermined "
         f"fraction {float((acc_hi - acc_lo).max()) * 100:.3f} %; fused PPL at alpha_nll "
         f"{frame['ppl'].min():.3f} (grid min) vs A alone {frame['ppl'][-1]:.3f}.")
+    if args.task_items:
+        lines += [""] + task_section(args, w)
     Path(args.out).write_text("\n".join(lines) + "\n")
 
 
