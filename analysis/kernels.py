@@ -268,34 +268,11 @@ def nll_blocks(a, b, w, omw, out):
     nw = w.shape[0]
     nblk = (n + BLOCK - 1) // BLOCK
     for blk in prange(nblk):
-        s0 = blk * BLOCK
-        s1 = min(n, s0 + BLOCK)
-        acc = np.zeros(nw)
+        acc = np.empty(nw)
         prod = np.empty(nw)
-        for g0 in range(s0, s1, GROUP):
-            g1 = min(s1, g0 + GROUP)
-            safe = True
-            for s in range(g0, g1):
-                if a[s] < SAFE_MIN or b[s] < SAFE_MIN:
-                    safe = False
-            if safe:
-                for i in range(nw):
-                    prod[i] = 1.0
-                for s in range(g0, g1):
-                    aa = a[s]
-                    bb = b[s]
-                    for i in range(nw):
-                        prod[i] *= w[i] * aa + omw[i] * bb
-                for i in range(nw):
-                    acc[i] -= math.log(prod[i])
-            else:
-                for s in range(g0, g1):
-                    aa = a[s]
-                    bb = b[s]
-                    for i in range(nw):
-                        acc[i] -= math.log(w[i] * aa + omw[i] * bb)
+        _fused_log_row(a, b, blk * BLOCK, min(n, (blk + 1) * BLOCK), w, omw, prod, acc)
         for i in range(nw):
-            out[blk, i] = acc[i]
+            out[blk, i] = -acc[i]
 
 
 @njit(cache=True, nogil=True)

@@ -35,6 +35,16 @@ LOWER_IS_BETTER = ("nll", "ppl", "bpc", "bpb")
 HIGHER_IS_BETTER = ("acc_lo", "acc_hi")
 
 
+def heldout_flip(mine: tuple, theirs: tuple) -> bool:
+    """Whether the validation pair has the two models the other way round (its w becomes 1 - w here)."""
+    if theirs == mine:
+        return False
+    if theirs == mine[::-1]:
+        return True
+    raise HeldoutMismatchError(f"the held-out pair is of models {theirs} but this pair is of {mine}; choose the "
+                               "weight on a validation split of the same two models")
+
+
 def open_store(path, allow_partial: bool = False):
     """Open a store (see `pipeline.store.open_store`)."""
     return _open_store(path, allow_partial=allow_partial)
@@ -191,15 +201,7 @@ class Pair:
         """Choose the weights on ``valid_pair`` (same two models, another split) and apply them here."""
         if not isinstance(valid_pair, Pair):
             raise HeldoutMismatchError(f"heldout needs a Pair of validation stores; got {type(valid_pair).__name__}")
-        mine, theirs = self.names, valid_pair.names
-        if theirs == mine:
-            flip = False
-        elif theirs == mine[::-1]:
-            flip = True
-        else:
-            raise HeldoutMismatchError(
-                f"the held-out pair is of models {theirs} but this pair is of {mine}; choose the weight on a "
-                "validation split of the same two models")
+        flip = heldout_flip(self.names, valid_pair.names)
         v = valid_pair.optimum()
         w_nll, w_acc = (1.0 - v.w_nll, 1.0 - v.w_acc) if flip else (v.w_nll, v.w_acc)
         frame = sweep_frame(self.data, [w_nll, w_acc])

@@ -67,7 +67,7 @@ from .optimum import (
     nll_optimum,
     pieces_optimum,
 )
-from .pair import _as_store, _name, _params, order_stores
+from .pair import _as_store, _name, _params, heldout_flip, order_stores
 
 log = logging.getLogger(__name__)
 
@@ -560,15 +560,7 @@ class TaskPair:
         """Choose each metric's weight on ``valid_pair`` (same two models and task, another split); apply it here."""
         if not isinstance(valid_pair, TaskPair):
             raise HeldoutMismatchError(f"heldout needs a TaskPair of validation stores; got {type(valid_pair).__name__}")
-        mine, theirs = self.names, valid_pair.names
-        if theirs == mine:
-            flip = False
-        elif theirs == mine[::-1]:
-            flip = True
-        else:
-            raise HeldoutMismatchError(
-                f"the held-out pair is of models {theirs} but this pair is of {mine}; choose the weight on a "
-                "validation split of the same two models")
+        flip = heldout_flip(self.names, valid_pair.names)
         if valid_pair.kind != self.kind:
             raise HeldoutMismatchError(f"the held-out pair is a {valid_pair.kind} task, this one {self.kind}")
         v, ins = valid_pair.optimum(), self.optimum()
