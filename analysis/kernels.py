@@ -533,14 +533,8 @@ def _min_of_max(f0, f1, g0, g1):
 
 @njit(cache=True, nogil=True)
 def _max_of_min(f0, f1, g0, g1):
-    """max over t in [0, 1] of min(f(t), g(t)) (lines as in `_min_of_max`)."""
-    best = max(min(f0, g0), min(f1, g1))
-    den = (f0 - g0) - (f1 - g1)
-    if den != 0.0:
-        t = (f0 - g0) / den
-        if 0.0 < t < 1.0:
-            best = max(best, f0 + t * (f1 - f0))
-    return best
+    """max over t in [0, 1] of min(f(t), g(t)) (lines as in `_min_of_max`): its mirror image, exactly."""
+    return -_min_of_max(-f0, -f1, -g0, -g1)
 
 
 @njit(cache=True, nogil=True)

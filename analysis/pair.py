@@ -138,7 +138,22 @@ def order_stores(a, b, order: str = "auto"):
     return a, b
 
 
-class Pair:
+class TwoStores:
+    """What every pair of stores (`Pair`, `analysis.TaskPair`) says about its two models."""
+
+    primary: object
+    secondary: object
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return _name(self.primary), _name(self.secondary)
+
+    def param_ratio(self, which: str = "n_params_nonembed") -> float:
+        """k = |params A| / |params B| (non-embedding counts by default; 'n_params' for totals)."""
+        return _params(self.primary, which) / _params(self.secondary, which)
+
+
+class Pair(TwoStores):
     """Two stores of one token stream: primary A (usually larger) and secondary B."""
 
     def __init__(self, primary, secondary, *, order: str = "auto"):
@@ -153,14 +168,6 @@ class Pair:
     def __repr__(self) -> str:
         flags = f", flagged: {self.alignment.flags}" if self.flags else ""
         return f"Pair(A={_name(self.primary)!r}, B={_name(self.secondary)!r}, N={self.primary.n}{flags})"
-
-    @property
-    def names(self) -> tuple[str, str]:
-        return _name(self.primary), _name(self.secondary)
-
-    def param_ratio(self, which: str = "n_params_nonembed") -> float:
-        """k = |params A| / |params B| (non-embedding counts by default; 'n_params' for totals)."""
-        return _params(self.primary, which) / _params(self.secondary, which)
 
     @property
     def data(self) -> PairData:

@@ -67,7 +67,7 @@ from .optimum import (
     nll_optimum,
     pieces_optimum,
 )
-from .pair import _as_store, _name, _params, heldout_flip, order_stores
+from .pair import TwoStores, _as_store, heldout_flip, order_stores
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def _row(frame: pl.DataFrame, i: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- the pair
-class TaskPair:
+class TaskPair(TwoStores):
     """Two task stores of one token stream (equal stream hashes: same items, options, labels and tables)."""
 
     def __init__(self, primary, secondary, *, order: str = "auto"):
@@ -293,14 +293,6 @@ class TaskPair:
         flags = f", flagged: {self.alignment.flags}" if self.flags else ""
         return (f"TaskPair({self.kind} {self.task.get('name')!r}, A={self.names[0]!r}, B={self.names[1]!r}, "
                 f"items={self.layout.n_items}, N={self.primary.n}{flags})")
-
-    @property
-    def names(self) -> tuple[str, str]:
-        return _name(self.primary), _name(self.secondary)
-
-    def param_ratio(self, which: str = "n_params_nonembed") -> float:
-        """k = |params A| / |params B| (non-embedding counts by default; 'n_params' for totals)."""
-        return _params(self.primary, which) / _params(self.secondary, which)
 
     # ------------------------------------------------------------------ data
     @property
