@@ -405,17 +405,22 @@ MERGE_REL = 1e-10  # change points of one item closer than this (relative to min
 NORMS = 3  # divisors of the option score: 0 none (ACC), 1 characters (ACC_norm), 2 bytes (ACC_bytes)
 
 
+@njit(cache=True, nogil=True)
+def _group_safe(a, b, g0, g1):
+    """No factor of positions [g0, g1) is below SAFE_MIN: their fused probabilities may be multiplied first."""
+    for p in range(g0, g1):
+        if a[p] < SAFE_MIN or b[p] < SAFE_MIN:
+            return False
+    return True
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _fused_log_sum(a, b, p0, p1, w, v):
     """sum_{p0 <= p < p1} log(w a_p + v b_p) (v = 1 - w): the scalar twin of `_fused_log_row`."""
     acc = 0.0
     for g0 in range(p0, p1, GROUP):
         g1 = min(p1, g0 + GROUP)
-        safe = True
-        for p in range(g0, g1):
-            if a[p] < SAFE_MIN or b[p] < SAFE_MIN:
-                safe = False
-        if safe:
+        if _group_safe(a, b, g0, g1):
             prod = 1.0
             for p in range(g0, g1):
                 prod *= w * a[p] + v * b[p]
@@ -443,11 +448,7 @@ def _fused_log_row(a, b, p0, p1, w, omw, prod, out):
         out[i] = 0.0
     for g0 in range(p0, p1, GROUP):
         g1 = min(p1, g0 + GROUP)
-        safe = True
-        for p in range(g0, g1):
-            if a[p] < SAFE_MIN or b[p] < SAFE_MIN:
-                safe = False
-        if safe:
+        if _group_safe(a, b, g0, g1):
             for i in range(nw):
                 prod[i] = 1.0
             for p in range(g0, g1):
