@@ -80,8 +80,9 @@ def make_units(n: int, by: str = "block", doc_id: np.ndarray | None = None) -> U
         raise BootstrapError(f"unknown resampling unit {by!r}; use 'block' (4,096 positions) or 'doc'")
     n_units = int(unit.max()) + 1 if n else 0
     if n_units < 2:
+        hint = "more data" if by == "block" else "by='block' or more data"
         raise BootstrapError(f"only {n_units} resampling unit(s) of kind {by!r} over {n} positions; a bootstrap "
-                             "needs at least 2 (use by='block' or more data)")
+                             f"needs at least 2 (use {hint})")
     order = np.argsort(unit, kind="stable")
     starts = np.searchsorted(unit[order], np.arange(n_units + 1))
     return Units(by, unit, n_units, order, starts.astype(np.int64))
