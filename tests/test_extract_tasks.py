@@ -337,6 +337,7 @@ def direct_metrics(kind, task, ref) -> dict:
 CASES = [("lambada_openai", "lambada_openai", "lm_eval", "last_word"),
          ("cbt_cn", "cbt", "gpt2", "multiple_choice"),
          ("cbt_cn", "cbt", "whole_query", "multiple_choice"),
+         ("cbt_ne", "cbt/cbtest_NE_test_2500ex.txt", "gpt2", "multiple_choice"),
          ("arc_easy", "arc", "lm_eval", "multiple_choice")]
 
 
@@ -360,7 +361,8 @@ def test_extraction_matches_a_brute_force_forward_per_option(gpt2, lm, tmp_path,
     assert (t["name"], t["kind"], t["protocol"], t["n_items"], t["n_source_items"]) == (
         dataset, kind, protocol, len(task.items), len(task.items))
     assert t["skipped"] == {} and t["metrics"] == {"lambada_openai": ["word_ppl", "token_ppl", "acc"],
-                                                   "cbt_cn": ["acc"], "arc_easy": ["acc", "acc_norm"]}[dataset]
+                                                   "cbt_cn": ["acc"], "cbt_ne": ["acc"],
+                                                   "arc_easy": ["acc", "acc_norm"]}[dataset]
     np.testing.assert_array_equal(store.table("item_n_options"), [len(it.options) for it in task.items])
     np.testing.assert_array_equal(store.table("item_source_index"), np.arange(len(task.items)))
     m, direct = a["metrics"], direct_metrics(kind, task, ref)
