@@ -361,24 +361,14 @@ class TaskPair(TwoStores):
             store = {"A": self.primary, "B": self.secondary}[which]
             lay = self.layout
             lp = self.logprobs[0 if which == "A" else 1]
-            n_opt = np.diff(lay.item_first)
-            out = {"n_items": lay.n_items, "n_positions": int(lp.shape[0])}
+            arrays = {"target_logprob": lp}
             if self.kind == "last_word":
-                arr = store.read(["target_rank", "target_ties"])
+                arrays.update(store.read(["target_rank", "target_ties"]))
+            metrics, right = store_tasks.single_model(self.kind, arrays, lay.tables, offsets=lay.offsets)
+            out = {**metrics, **{f"right_{m}": r for m, r in right.items()}}
+            if self.kind == "last_word":
                 word = store_tasks.segment_sums(lp, lay.offsets)
-                top1 = (arr["target_rank"] == 0) & (arr["target_ties"] == 0)
-                right = np.minimum.reduceat(top1.astype(np.int8), lay.offsets[:-1]).astype(bool)
-                out.update(word_ppl=math.exp(-word.mean()), token_ppl=math.exp(-lp.mean()),
-                           acc=float(right.mean()), right_acc=right, word_nll=float(-word.mean()),
-                           nll_sum=float(-lp.sum()))
-            else:
-                scores = store_tasks.segment_sums(lp, lay.offsets)
-                for m, (k, _) in MC_NORMS.items():
-                    if m in lay.available():
-                        s = scores if k == 0 else scores / lay.div[k]
-                        right = store_tasks.strict_correct(s, n_opt, lay.label)
-                        out[m] = float(right.mean())
-                        out[f"right_{m}"] = right
+                out.update(word_nll=float(-word.mean()), nll_sum=float(-lp.sum()))
             self._single[which] = out
         return self._single[which]
 

@@ -88,10 +88,18 @@ def check_tables(tables: dict) -> None:
 def task_metrics(kind: str, arrays: dict, tables: dict) -> dict:
     """Single-model task metrics from the position arrays (target_logprob, target_rank, target_ties, item_id,
     option_id) and the task tables."""
+    return single_model(kind, arrays, tables)[0]
+
+
+def single_model(kind: str, arrays: dict, tables: dict, offsets: np.ndarray | None = None) -> tuple[dict, dict]:
+    """(metrics, per item whether it is right under each accuracy metric: {metric: bool (n_items,)}).
+
+    ``offsets``: the option offsets when already known (else computed from item_id / option_id)."""
     if kind not in KINDS:
         raise SchemaError(f"task kind {kind!r}: expected one of {KINDS}")
     check_tables(tables)
-    off = option_offsets(arrays["item_id"], arrays["option_id"], tables["item_n_options"])
+    off = option_offsets(arrays["item_id"], arrays["option_id"], tables["item_n_options"]) if offsets is None \
+        else offsets
     lp = np.asarray(arrays["target_logprob"], np.float64)
     n_items = len(tables["item_n_options"])
     if kind == "last_word":
@@ -99,14 +107,15 @@ def task_metrics(kind: str, arrays: dict, tables: dict) -> dict:
             raise SchemaError("a last_word task has exactly one option per item")
         word = segment_sums(lp, off)
         top1 = (np.asarray(arrays["target_rank"]) == 0) & (np.asarray(arrays["target_ties"]) == 0)
-        all_top1 = np.minimum.reduceat(top1.astype(np.int8), off[:-1]).astype(bool)
-        return {"n_items": n_items, "n_positions": len(lp), "word_ppl": math.exp(-word.mean()),
-                "token_ppl": math.exp(-lp.mean()), "acc": float(all_top1.mean())}
+        right = {"acc": np.minimum.reduceat(top1.astype(np.int8), off[:-1]).astype(bool)}
+        metrics = {"n_items": n_items, "n_positions": len(lp), "word_ppl": math.exp(-word.mean()),
+                   "token_ppl": math.exp(-lp.mean()), "acc": float(right["acc"].mean())}
+        return metrics, right
     scores = segment_sums(lp, off)
-    out = {"n_items": n_items, "n_positions": len(lp),
-           "acc": float(strict_correct(scores, tables["item_n_options"], tables["item_label"]).mean())}
+    right = {"acc": strict_correct(scores, tables["item_n_options"], tables["item_label"])}
     for metric, table in (("acc_norm", "option_n_chars"), ("acc_bytes", "option_n_bytes")):
         if table in tables:
             norm = scores / np.maximum(np.asarray(tables[table], np.float64), 1.0)
-            out[metric] = float(strict_correct(norm, tables["item_n_options"], tables["item_label"]).mean())
-    return out
+            right[metric] = strict_correct(norm, tables["item_n_options"], tables["item_label"])
+    metrics = {"n_items": n_items, "n_positions": len(lp), **{m: float(r.mean()) for m, r in right.items()}}
+    return metrics, right
