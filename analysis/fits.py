@@ -8,6 +8,8 @@ import numpy as np
 
 from .errors import AnalysisError
 
+MIN_FIT_POINTS = 3  # a line through 2 points has R^2 = 1 and no standard error: it tests nothing
+
 
 class LawFitError(AnalysisError, ValueError):
     """A law cannot be fitted as asked (missing columns, non-positive ratios)."""
@@ -16,8 +18,9 @@ class LawFitError(AnalysisError, ValueError):
 def fit_power_law(x, y) -> dict:
     """Fit log y = log c + p log x over the points with finite x > 0 and 0 < y < inf.
 
-    Returns n_points (used), n_zero / n_inf / n_nan (excluded y), c, p, p_se (NaN below 3 points), r2
-    (NaN below 2 points or with no spread in log y).
+    Returns n_points (used), n_zero / n_inf / n_nan (excluded y), c, p, p_se, r2 and note. With fewer than
+    MIN_FIT_POINTS usable points (or no spread in log x) nothing is fitted: c, p, p_se, r2 are NaN and note says
+    why ("not fitted: 2 points < 3"); note is "" for a fit. r2 is also NaN with no spread in log y.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -34,8 +37,12 @@ def fit_power_law(x, y) -> dict:
     lx, ly = np.log(x[ok]), np.log(y[ok])
     n = int(ok.sum())
     out = {"n_points": n, "n_zero": n_zero, "n_inf": n_inf, "n_nan": n_nan,
-           "c": math.nan, "p": math.nan, "p_se": math.nan, "r2": math.nan}
-    if n < 2 or np.ptp(lx) == 0:
+           "c": math.nan, "p": math.nan, "p_se": math.nan, "r2": math.nan, "note": ""}
+    if n < MIN_FIT_POINTS:
+        out["note"] = f"not fitted: {n} point{'s' if n != 1 else ''} < {MIN_FIT_POINTS}"
+        return out
+    if np.ptp(lx) == 0:
+        out["note"] = "not fitted: every point has the same k"
         return out
     mx, my = lx.mean(), ly.mean()
     sxx = float(np.sum((lx - mx) ** 2))
@@ -44,7 +51,6 @@ def fit_power_law(x, y) -> dict:
     ssr = float(np.sum((ly - icpt - p * lx) ** 2))
     sst = float(np.sum((ly - my) ** 2))
     # No spread in log y (exactly equal values): R^2 is undefined; sst would only hold rounding noise.
-    out.update(c=math.exp(icpt), p=p, r2=1.0 - ssr / sst if np.ptp(ly) > 0 and sst > 0 else math.nan)
-    if n >= 3:
-        out["p_se"] = math.sqrt(ssr / (n - 2) / sxx)
+    out.update(c=math.exp(icpt), p=p, r2=1.0 - ssr / sst if np.ptp(ly) > 0 and sst > 0 else math.nan,
+               p_se=math.sqrt(ssr / (n - 2) / sxx))
     return out

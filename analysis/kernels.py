@@ -5,8 +5,8 @@ are in the Python wrappers (`data.py`, `metrics.py`, `optimum.py`). Every reduct
 int64 count over fixed blocks of BLOCK = 4,096 positions, in order, so results do not depend on how a
 store is chunked and the per-block sums can be merged later (bootstrap, Dask).
 
-Notation per position s: t the target, a = qA(t), b = qB(t) (exact, from target_logprob),
-f_w(j) = w qA(j) + (1 - w) qB(j).
+Notation per position s: t the target, a = qA(t), b = qB(t) (exact reals exp(target_logprob), computed in
+float64 with an error at most a REL + TINY: `analysis.lut`), f_w(j) = w qA(j) + (1 - w) qB(j).
 
 Phase 1 (`prepare_pair`) reduces each position to a, b, its partition code and two open intervals in w:
 the certified-right set (L1, U1) and the possibly-right set (L2, U2). Each competitor j != t gives a
@@ -14,7 +14,12 @@ strict linear constraint  w c1 + (1 - w) c0 > 0  with
     certified:  c1 = a - hiA(j),  c0 = b - hiB(j)     (t beats j's upper bound)
     possible:   c1 = a - loA(j),  c0 = b - loB(j)     (no lower bound of j reaches t)
 whose solution is a half-line w > c0/(c0 - c1) or w < c0/(c0 - c1) (or all, or nothing); their
-intersection is one open interval. Phase 2 (`acc_blocks`, `nll_blocks`) evaluates a weight grid.
+intersection is one open interval. Rounding is accounted for outward (certified sets only shrink,
+possible sets only grow): each difference c carries a bound e on its error (from exp and the
+subtraction; exactly 0 when the two stored float32 values are identical, so exact ties stay exact); the
+certified set uses (c1 - e1, c0 - e0), the possible set (c1 + e1, c0 + e0) (the constraint is monotone
+in both, as w, 1 - w >= 0), and the quotient is stepped outward by a few ulps (it is exact when c0 or c1
+is 0). Phase 2 (`acc_blocks`, `nll_blocks`) evaluates a weight grid.
 
 Task kernels (multiple choice: fused option scores, item counts over a grid, and the certified change points
 of each item's correctness for the optimum) are at the end of the file, with their formulas.
@@ -27,23 +32,73 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .lut import REL, TINY
+
 BLOCK = 4096  # positions per reduction block (fixed: results must not depend on chunking)
 GROUP = 16  # NLL: positions whose fused probabilities are multiplied before one log
 SAFE_MIN = 1e-18  # ... when every a, b in the group is at least this (16 factors stay above 1e-288)
 EMPTY_L = 2.0  # canonical empty interval (L, U) = (2, -1)
 EMPTY_U = -1.0
+# Error of a difference c = x - p relative to |c|: its rounding (2^-53), and room for the rounding of c -+ e
+# in `_tighten` (another 2^-53 of |c| + e; e's own slack, REL and TINY being several times the exp error it
+# bounds, covers the e part), so c - e computed in float64 is still a sure lower bound (c + e upper).
+SUB_ERR = 2.0 ** -51
 
 
 @njit(cache=True, nogil=True)
-def _tighten(c1, c0, lo, hi):
-    """Intersect the open interval (lo, hi) with {w : w c1 + (1 - w) c0 > 0}."""
+def _exp_err(x):
+    """(exp(x), bound on its float64 error) for an exact float64 x; (0, 0) for -inf (probability 0 exactly)."""
+    if x == -np.inf:
+        return 0.0, 0.0
+    p = math.exp(x)
+    return p, p * REL + TINY
+
+
+@njit(cache=True, nogil=True)
+def _step(x, up):
+    """x in [0, 1] moved outward by 2^-50 relative plus 2^-1072: more than the rounding of the subtraction of
+    two terms of opposite signs and of the division that made it (2^-53 relative each, or 2^-1075 absolute
+    where subnormal). Arithmetic rather than nextafter: this runs for every constraint of every position."""
+    return x * (1.0 + REL) + 2.0 ** -1072 if up else x * (1.0 - REL) - 2.0 ** -1072
+
+
+@njit(cache=True, nogil=True)
+def _gap(x, ex, p, ep, tie):
+    """(x - p, bound on its error) for x, p known to within ex, ep; exactly (0, 0) for a tie of stored values."""
+    if tie:
+        return 0.0, 0.0
+    c = x - p
+    return c, ex + ep + abs(c) * SUB_ERR
+
+
+@njit(cache=True, nogil=True)
+def _below(p, ep, x, ex):
+    """Certainly p_true < x_true, for p_true in [0, p + ep] and x_true >= x - ex."""
+    return (p + ep) * (1.0 + REL) + TINY < (x - ex) * (1.0 - REL)
+
+
+@njit(cache=True, nogil=True)
+def _tighten(c1, e1, c0, e0, lo, hi, cert):
+    """Intersect the open interval (lo, hi) with {w : w c1' + (1 - w) c0' > 0}, where c1' = c1 - e1 and
+    c0' = c0 - e0 if ``cert`` (lower ends of the true differences: the set shrinks), else c1 + e1, c0 + e0
+    (upper ends: the set grows); the end c0'/(c0' - c1') is rounded the same way (exact if c0' or c1' is 0)."""
+    if cert:  # e = 0 for exact values: c is unchanged
+        c1 -= e1
+        c0 -= e0
+    else:
+        c1 += e1
+        c0 += e0
     if c1 > 0.0:
         if c0 <= 0.0:
             x = c0 / (c0 - c1)  # in [0, 1): w must exceed it
+            if c0 != 0.0:
+                x = _step(x, cert)
             if x > lo:
                 lo = x
     elif c0 > 0.0:
         x = c0 / (c0 - c1)  # in (0, 1]: w must stay below it
+        if c1 != 0.0:
+            x = _step(x, not cert)
         if x < hi:
             hi = x
     else:
@@ -53,23 +108,56 @@ def _tighten(c1, c0, lo, hi):
 
 
 @njit(cache=True, nogil=True)
+def _lines(a, ea, b, eb, lo_a, hi_a, ep_a, tie_a, lo_b, hi_b, ep_b, tie_b, l1, u1, l2, u2):
+    """Tighten the certified (l1, u1) and possible (l2, u2) intervals by one competitor with probability in
+    [lo_a, hi_a] (+- ep_a) under A and [lo_b, hi_b] (+- ep_b) under B; tie_*: stored value equal to t's."""
+    c1, e1 = _gap(a, ea, hi_a, ep_a, tie_a)
+    c0, e0 = _gap(b, eb, hi_b, ep_b, tie_b)
+    l1, u1 = _tighten(c1, e1, c0, e0, l1, u1, True)
+    if lo_a != hi_a:
+        c1, e1 = _gap(a, ea, lo_a, ep_a, tie_a)
+    if lo_b != hi_b:
+        c0, e0 = _gap(b, eb, lo_b, ep_b, tie_b)
+    l2, u2 = _tighten(c1, e1, c0, e0, l2, u2, False)
+    return l1, u1, l2, u2
+
+
+@njit(cache=True, nogil=True)
 def _bounds(s, k, bits, f32, is16, lut_lo, lut_hi):
-    """(lo, hi) of the probability of list entry k at position s (float16 via lookup, float32 exact)."""
+    """(lo, hi, err) of the probability of list entry k at position s: float16 via lookup (sure bounds,
+    err 0); float32 lo = hi = exp(value) within err of the exact real."""
     if is16:
         u = bits[s, k]
-        return lut_lo[u], lut_hi[u]
-    p = math.exp(np.float64(f32[s, k]))
-    return p, p
+        return lut_lo[u], lut_hi[u], 0.0
+    p, e = _exp_err(np.float64(f32[s, k]))
+    return p, p, e
+
+
+@njit(cache=True, nogil=True)
+def _tie(s, k, f32, is16, lt):
+    """List entry k stores exactly the target's float32 log-prob lt (a float32 list): an exact tie."""
+    return (not is16) and f32[s, k] == lt
 
 
 @njit(cache=True, nogil=True)
 def _tail_upper(tail, widen):
-    """Upper bound of the tail mass from a float32 log value rounded to nearest."""
+    """Upper bound of the tail mass from a float32 log value rounded to nearest (not clipped at 1: float32
+    log-probs need not sum to exactly 1)."""
     x = np.float64(tail)
     if x == -np.inf:
         return 0.0
-    p = math.exp(x + abs(x) * widen) * (1.0 + 4e-16)
-    return p if p < 1.0 else 1.0
+    return math.exp(x + abs(x) * widen) * (1.0 + REL) + TINY
+
+
+@njit(cache=True, nogil=True)
+def _outside_upper(s, ka, tail, t_in, a, ea, widen, bits, f32, is16, lut_lo, lut_hi):
+    """u: no class outside the list (other than t) has probability above it: min(hi of the K-th entry,
+    tail upper bound, minus a when t is outside the list)."""
+    _, hi_k, ep_k = _bounds(s, ka - 1, bits, f32, is16, lut_lo, lut_hi)
+    u = _tail_upper(tail, widen)
+    if not t_in:
+        u = max(np.nextafter(u - a + ea, np.inf), 0.0)
+    return min(u, hi_k + ep_k)
 
 
 @njit(cache=True, nogil=True)
@@ -97,11 +185,13 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
     u = min(hi of the K-th entry, tail upper bound (- a when the target is outside the list)), or is 0
     when its id is beyond the model's width; every class outside both lists is bounded by (uA, uB).
 
-    Pruning (exact: only dominated lines are skipped): a competitor constrains w only if one of its upper
-    bounds reaches the target's probability. Lists are sorted, so those are the prefixes of A's list with
-    hiA >= a and of B's list with hiB >= b. Beyond its prefix, an entry of A's list not in B's has the line
-    (hiA, uB), which matters only if uB >= b, and then the first such entry dominates the rest (likewise
-    for B). Membership is looked up in per-thread maps id -> s * M + index, valid when >= s * M.
+    Pruning (exact: only lines that cannot bind are skipped): lists are sorted by the exact values, so once
+    an entry of A's list is certainly below a (`_below`), so is every later one: A's prefix ends there (and
+    likewise B's). A class beyond both prefixes is below t in both models, so right of t at every w. Beyond
+    its prefix, an entry of A's list not in B's matters only if uB may reach b; then one certified line
+    (a - hiA of the first such entry, b - uB) holds for all of them (the first entry's bound is above every
+    later one's exact value) and its possible line is kept (leaving lines out only grows a possible set).
+    Likewise for B. Membership is looked up in per-thread maps id -> s * M + index, valid when >= s * M.
     Returns (n_nan, first position whose targets differ or -1, n_bad_ids).
     """
     n = targets.shape[0]
@@ -121,15 +211,15 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
             base = np.int64(s) * mult
             if targets_b[s] != t and mismatch[p] < 0:
                 mismatch[p] = s
-            la = np.float64(lpt_a[s])
-            lb = np.float64(lpt_b[s])
-            a = math.exp(la)
-            b = math.exp(lb)
+            lt_a = lpt_a[s]
+            lt_b = lpt_b[s]
+            a, ea = _exp_err(np.float64(lt_a))
+            b, eb = _exp_err(np.float64(lt_b))
             a_out[s] = a
             b_out[s] = b
             code_out[s] = 2 * (rank_a[s] == 0 and ties_a[s] == 0) + (rank_b[s] == 0 and ties_b[s] == 0)
             n_nan = _count_nan(s, ka, bits_a, f32_a, is16_a) + _count_nan(s, kb, bits_b, f32_b, is16_b)
-            bad = n_nan > 0 or la != la or lb != lb or tail_a[s] != tail_a[s] or tail_b[s] != tail_b[s]
+            bad = n_nan > 0 or a != a or b != b or tail_a[s] != tail_a[s] or tail_b[s] != tail_b[s]
             ids_ok = True
             t_in_a = False
             for k in range(ka):
@@ -156,25 +246,17 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
                 l2_out[s] = EMPTY_L
                 u2_out[s] = EMPTY_U
                 continue
-            lo_k, hi_k = _bounds(s, ka - 1, bits_a, f32_a, is16_a, lut_lo, lut_hi)
-            ua = _tail_upper(tail_a[s], widen)
-            if not t_in_a:
-                ua = max(ua - a, 0.0)
-            ua = min(ua, hi_k)
-            lo_k, hi_k = _bounds(s, kb - 1, bits_b, f32_b, is16_b, lut_lo, lut_hi)
-            ub = _tail_upper(tail_b[s], widen)
-            if not t_in_b:
-                ub = max(ub - b, 0.0)
-            ub = min(ub, hi_k)
+            ua = _outside_upper(s, ka, tail_a[s], t_in_a, a, ea, widen, bits_a, f32_a, is16_a, lut_lo, lut_hi)
+            ub = _outside_upper(s, kb, tail_b[s], t_in_b, b, eb, widen, bits_b, f32_b, is16_b, lut_lo, lut_hi)
             l1 = -1.0
             u1 = 2.0
             l2 = -1.0
             u2 = 2.0
-            # A's prefix (hiA >= a), with B's bounds of each id.
+            # A's prefix (not certainly below a), with B's bounds of each id.
             pa = 0
             for k in range(ka):
-                lo_a, hi_a = _bounds(s, k, bits_a, f32_a, is16_a, lut_lo, lut_hi)
-                if hi_a < a:
+                lo_a, hi_a, ep_a = _bounds(s, k, bits_a, f32_a, is16_a, lut_lo, lut_hi)
+                if _below(hi_a, ep_a, a, ea):
                     break
                 pa = k + 1
                 j = ids_a[s, k]
@@ -182,27 +264,30 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
                     continue
                 m = map_b[j]
                 if m >= base:
-                    lo_b, hi_b = _bounds(s, m - base, bits_b, f32_b, is16_b, lut_lo, lut_hi)
+                    lo_b, hi_b, ep_b = _bounds(s, m - base, bits_b, f32_b, is16_b, lut_lo, lut_hi)
+                    tie_b = _tie(s, m - base, f32_b, is16_b, lt_b)
                 else:
                     lo_b = 0.0
                     hi_b = ub if j < ncls_b else 0.0
-                l1, u1 = _tighten(a - hi_a, b - hi_b, l1, u1)
-                l2, u2 = _tighten(a - lo_a, b - lo_b, l2, u2)
-            # Beyond it: the first entry of A's list outside B's list, if uB can reach b.
-            if ub >= b:
+                    ep_b = 0.0
+                    tie_b = False
+                l1, u1, l2, u2 = _lines(a, ea, b, eb, lo_a, hi_a, ep_a, _tie(s, k, f32_a, is16_a, lt_a),
+                                        lo_b, hi_b, ep_b, tie_b, l1, u1, l2, u2)
+            # Beyond it: the entries of A's list outside B's list, if uB may reach b (one line for all).
+            if not _below(ub, 0.0, b, eb):
                 for k in range(pa, ka):
                     j = ids_a[s, k]
                     if j == t or j >= ncls_b or map_b[j] >= base:
                         continue
-                    lo_a, hi_a = _bounds(s, k, bits_a, f32_a, is16_a, lut_lo, lut_hi)
-                    l1, u1 = _tighten(a - hi_a, b - ub, l1, u1)
-                    l2, u2 = _tighten(a - lo_a, b, l2, u2)
+                    lo_a, hi_a, ep_a = _bounds(s, k, bits_a, f32_a, is16_a, lut_lo, lut_hi)
+                    l1, u1, l2, u2 = _lines(a, ea, b, eb, lo_a, hi_a, ep_a, False, 0.0, ub, 0.0, False,
+                                            l1, u1, l2, u2)
                     break
-            # B's prefix (hiB >= b), skipping ids already done in A's prefix.
+            # B's prefix (not certainly below b), skipping ids already done in A's prefix.
             pb = 0
             for k in range(kb):
-                lo_b, hi_b = _bounds(s, k, bits_b, f32_b, is16_b, lut_lo, lut_hi)
-                if hi_b < b:
+                lo_b, hi_b, ep_b = _bounds(s, k, bits_b, f32_b, is16_b, lut_lo, lut_hi)
+                if _below(hi_b, ep_b, b, eb):
                     break
                 pb = k + 1
                 j = ids_b[s, k]
@@ -212,20 +297,23 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
                 if m >= base:
                     if m - base < pa:
                         continue
-                    lo_a, hi_a = _bounds(s, m - base, bits_a, f32_a, is16_a, lut_lo, lut_hi)
+                    lo_a, hi_a, ep_a = _bounds(s, m - base, bits_a, f32_a, is16_a, lut_lo, lut_hi)
+                    tie_a = _tie(s, m - base, f32_a, is16_a, lt_a)
                 else:
                     lo_a = 0.0
                     hi_a = ua if j < ncls_a else 0.0
-                l1, u1 = _tighten(a - hi_a, b - hi_b, l1, u1)
-                l2, u2 = _tighten(a - lo_a, b - lo_b, l2, u2)
-            if ua >= a:
+                    ep_a = 0.0
+                    tie_a = False
+                l1, u1, l2, u2 = _lines(a, ea, b, eb, lo_a, hi_a, ep_a, tie_a, lo_b, hi_b, ep_b,
+                                        _tie(s, k, f32_b, is16_b, lt_b), l1, u1, l2, u2)
+            if not _below(ua, 0.0, a, ea):
                 for k in range(pb, kb):
                     j = ids_b[s, k]
                     if j == t or j >= ncls_a or map_a[j] >= base:
                         continue
-                    lo_b, hi_b = _bounds(s, k, bits_b, f32_b, is16_b, lut_lo, lut_hi)
-                    l1, u1 = _tighten(a - ua, b - hi_b, l1, u1)
-                    l2, u2 = _tighten(a, b - lo_b, l2, u2)
+                    lo_b, hi_b, ep_b = _bounds(s, k, bits_b, f32_b, is16_b, lut_lo, lut_hi)
+                    l1, u1, l2, u2 = _lines(a, ea, b, eb, 0.0, ua, 0.0, False, lo_b, hi_b, ep_b, False,
+                                            l1, u1, l2, u2)
                     break
             # Classes outside both lists (other than t), if any exist.
             outside = n_vocab > ka + kb + 1
@@ -237,8 +325,7 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
                 n_known = n_union + (0 if (t_in_a or t_in_b or t >= n_vocab) else 1)
                 outside = n_vocab > n_known
             if outside:
-                l1, u1 = _tighten(a - ua, b - ub, l1, u1)
-                l2, u2 = _tighten(a, b, l2, u2)
+                l1, u1, l2, u2 = _lines(a, ea, b, eb, 0.0, ua, 0.0, False, 0.0, ub, 0.0, False, l1, u1, l2, u2)
             if l1 >= u1:
                 l1 = EMPTY_L
                 u1 = EMPTY_U

@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from .errors import AnalysisError
-from .fits import LawFitError, fit_power_law  # noqa: F401  (re-exported)
+from .fits import MIN_FIT_POINTS, LawFitError, fit_power_law  # noqa: F401  (re-exported)
 from .table import markdown
 
 log = logging.getLogger(__name__)
@@ -65,31 +65,89 @@ def ar_law(points: pl.DataFrame, metrics=LAW_METRICS, by=("primary", "dataset", 
     return pl.DataFrame(rows)
 
 
+METRIC_TITLES = {"alpha_nll": ("α for NLL", "optimal weight ratio α = w* / (1 − w*)"),
+                 "alpha_acc": ("α for certified ACC", "optimal weight ratio α (certified ACC)"),
+                 "d_nll": ("D for NLL", "improvement-domain bound D (in β = w / (1 − w))"),
+                 "d_acc": ("D for certified ACC", "improvement-domain bound D (in β, certified ACC)")}
+
+
 def plot_ar_law(points: pl.DataFrame, fits: pl.DataFrame, metric: str = "alpha_nll", ax=None):
-    """Log-log scatter of ``metric`` against k per primary with its fitted line; excluded points (0 / inf)
-    drawn as open markers at the plot's edge. Only draws; returns the axes."""
+    """Log-log scatter of ``metric`` against k: colour = primary, marker = dataset/split, with each fitted
+    line (per primary and split, line style = split). Points at 0 / inf are drawn as open markers at the plot's
+    edge; fits refused for too few points are listed under the plot. The legend lists only what is drawn.
+    Only draws; returns the axes."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from .plots import SPLIT_LINES, SPLIT_MARKERS, readable_log_axis
 
     ax = ax or plt.gca()
-    for (prim,), grp in points.group_by(["primary"], maintain_order=True):
-        k = grp["k"].to_numpy()
-        y = grp[metric].to_numpy()
-        ok = np.isfinite(y) & (y > 0)
-        line = ax.plot(k[ok], y[ok], "o", label=str(prim))[0]
-        if (~ok).any() and ok.any():
-            edge = np.where(np.isinf(y[~ok]), np.nanmax(y[ok]) * 3, np.nanmin(y[ok]) / 3)
-            ax.plot(k[~ok], edge, "o", mfc="none", color=line.get_color())
-        fit = fits.filter((pl.col("primary") == prim) & (pl.col("metric") == metric))
-        if fit.height and math.isfinite(fit["p"][0]) and ok.sum() >= 2:
+    has_ds = "dataset" in points.columns and "split" in points.columns
+    groups = list(dict.fromkeys(zip(points["dataset"], points["split"]))) if has_ds else [(None, None)]
+    one_ds = len({g[0] for g in groups}) == 1
+    gname = {g: (str(g[1]) if one_ds else f"{g[0]} / {g[1]}") for g in groups}
+    style = {g: (SPLIT_MARKERS[i % len(SPLIT_MARKERS)], SPLIT_LINES[i % len(SPLIT_LINES)]) for i, g in enumerate(groups)}
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {p: cycle[i % len(cycle)] for i, p in enumerate(dict.fromkeys(points["primary"].to_list()))}
+    finite_y = points[metric].to_numpy()
+    finite_y = finite_y[np.isfinite(finite_y) & (finite_y > 0)]
+    drawn_prim, drawn_groups, fit_handles, not_fitted = [], [], [], []
+    for prim in colours:
+        for g in groups:
+            grp = points.filter(pl.col("primary") == prim)
+            if has_ds:
+                grp = grp.filter((pl.col("dataset") == g[0]) & (pl.col("split") == g[1]))
+            if not grp.height:
+                continue
+            k, y = grp["k"].to_numpy(), grp[metric].to_numpy()
+            ok = np.isfinite(y) & (y > 0)
+            edge = ((y == 0) | np.isposinf(y)) & bool(finite_y.size)  # NaN (no optimum): not drawn at all
+            marker, ls = style[g]
+            if ok.any():
+                ax.plot(k[ok], y[ok], marker, color=colours[prim], ls="")
+            if edge.any():
+                ax.plot(k[edge], np.where(np.isinf(y[edge]), finite_y.max() * 1.5, finite_y.min() / 1.5), marker,
+                        mfc="none", color=colours[prim], ls="")
+            if ok.any() or edge.any():
+                drawn_prim.append(prim)
+                drawn_groups.append(g)
+            fit = fits.filter((pl.col("primary") == prim) & (pl.col("metric") == metric))
+            if has_ds and "dataset" in fits.columns:
+                fit = fit.filter((pl.col("dataset") == g[0]) & (pl.col("split") == g[1]))
+            if not fit.height:
+                continue
+            f = fit.row(0, named=True)
+            if f.get("note") or not math.isfinite(f["p"]):
+                if ok.any() or edge.any():
+                    not_fitted.append(prim)
+                continue
             xs = np.geomspace(k[ok].min(), k[ok].max(), 50)
-            ax.plot(xs, fit["c"][0] * xs ** fit["p"][0], "-", color=line.get_color(),
-                    label=f"p = {fit['p'][0]:.2f}, R² = {fit['r2'][0]:.2f}")
+            ax.plot(xs, f["c"] * xs ** f["p"], ls=ls, color=colours[prim])
+            se = f" ± {f['p_se']:.2f}" if math.isfinite(f["p_se"]) else ""
+            r2 = f", R² = {f['r2']:.2f}" if math.isfinite(f["r2"]) else ""
+            fit_handles.append(Line2D([], [], ls=ls, color=colours[prim],
+                                      label=f"fit {prim} ({gname[g]}): p = {f['p']:.2f}{se}{r2}"))
+    handles = [Line2D([], [], ls="", marker="o", color=colours[p], label=f"primary {p}")
+               for p in dict.fromkeys(drawn_prim)]
+    handles += [Line2D([], [], ls="", marker=style[g][0], color="grey", label=gname[g])
+                for g in dict.fromkeys(drawn_groups) if g != (None, None)]
+    handles += fit_handles
+    all_y = points[metric].to_numpy()
+    if ((all_y == 0) | np.isposinf(all_y)).any() and finite_y.size:
+        handles.append(Line2D([], [], ls="", marker="o", mfc="none", color="grey", label="at 0 or ∞ (plot edge)"))
     ax.set_xscale("log")
     ax.set_yscale("log")
+    readable_log_axis(ax)
     k_from = points["k_from"][0] if points.height and "k_from" in points.columns else ""
-    ax.set_xlabel(f"parameter ratio k ({k_from})")
-    ax.set_ylabel(metric)
-    ax.legend(fontsize="small")
+    ax.set_xlabel(f"parameter ratio k = |A| / |B| ({k_from})")
+    title, ylabel = METRIC_TITLES.get(metric, (metric, metric))
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"AR law: {title} against k")
+    if handles:  # below the axes: never over a point
+        nf = ", ".join(dict.fromkeys(not_fitted))
+        ax.legend(handles=handles, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+                  title=f"no fit for {nf} (fewer than {MIN_FIT_POINTS} finite points)" if nf else None,
+                  title_fontsize="small", frameon=False)
     return ax
 
 
@@ -100,7 +158,7 @@ class LawSettings:
     out_dir: Path
     n_resamples: int = 1000
     seed: int = 0
-    unit: str = "block"
+    unit: str = "auto"
     level: float = 0.95
     kfold: int = 5
     valid_splits: tuple = ("validation", "valid", "val", "dev")
@@ -193,18 +251,15 @@ def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
             h = pair.heldout(valid)
             heldout_w = (h.w_nll, h.w_acc)
         kfold = cfg.kfold if (valid is None and cfg.kfold) else None
-        bs = None
-        for by in dict.fromkeys((cfg.unit, "block")):  # documents first if asked, blocks if too few documents
-            try:
-                bs = bootstrap(pair, n_resamples=cfg.n_resamples, seed=cfg.seed, by=by, level=cfg.level,
-                               heldout_w=heldout_w, kfold=kfold)
-                break
-            except BootstrapError as e:
-                log.warning("bootstrap of %s by %s: %s", pair, by, e)
         pts = law_points([pair], cfg.param_count)
-        if bs is not None:
+        try:  # the units of `choose_units`, as in the sweep CLI: one pair, one interval
+            bs = bootstrap(pair, n_resamples=cfg.n_resamples, seed=cfg.seed, by=cfg.unit, level=cfg.level,
+                           heldout_w=heldout_w, kfold=kfold)
             out["bootstrap"].append(bs.with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
             pts = pts.with_columns(**{k: pl.lit(v) for k, v in table_columns(bs).items()})
+        except BootstrapError as e:
+            log.warning("bootstrap of %s: %s", pair, e)
+            pts = pts.with_columns(pl.lit(str(e)).alias("bootstrap_note"))
         out["points"].append(pts)
         out["theorems"].append(theorem_checks(pair).with_columns(pl.lit(dataset).alias("dataset"), pl.lit(split).alias("split")))
         out["mainstay"].append(mainstay_deviation(pair, cfg.mainstay_top).with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
@@ -236,26 +291,37 @@ def _write(cfg: LawSettings, frames: dict) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
         for ax, m in zip(axes, ("alpha_nll", "d_nll")):
             plot_ar_law(frames["points"], frames["fits"], m, ax=ax)
-        fig.tight_layout()
-        fig.savefig(out / "ar_law.png", dpi=120)
+        fig.savefig(out / "ar_law.png", dpi=120, bbox_inches="tight")
         plt.close(fig)
     (out / "law.md").write_text(render(frames, cfg))
     log.info("wrote %s", out)
 
 
 def render(frames: dict, cfg: LawSettings) -> str:
+    from .bootstrap import AUTO_MIN_BLOCKS, MIN_UNITS
+
+    rule = (f"4,096-position blocks when a pair has at least {AUTO_MIN_BLOCKS}, else documents" if cfg.unit == "auto"
+            else f"{cfg.unit} units (as configured)")
     parts = ["# AR law: intervals, fits and checks", "",
-             f"Parameter ratio k from `{cfg.param_count}`; bootstrap: {cfg.n_resamples} resamples of {cfg.unit} "
-             f"units, seed {cfg.seed}, {cfg.level:.0%} percentile intervals.", ""]
+             f"Parameter ratio k from `{cfg.param_count}`; bootstrap: {cfg.n_resamples} resamples of {rule} "
+             f"(ci_unit, ci_n_units beside every interval; fewer than {MIN_UNITS} units: not bootstrapped), seed "
+             f"{cfg.seed}, {cfg.level:.0%} percentile intervals.", ""]
     if "fits" in frames:
-        parts += ["## alpha, D ~ c k^p (finite points; 0 / inf excluded and counted)", "", markdown(frames["fits"]), ""]
+        parts += ["## alpha, D ~ c k^p (finite points; 0 / inf excluded and counted; fewer than 3 points: not fitted)",
+                  "", markdown(frames["fits"]), ""]
     if "bootstrap" in frames:
         bs = frames["bootstrap"].select("primary", "secondary", "dataset", "split", "scope", "statistic", "estimate",
-                                        "ci_lo", "ci_hi")
+                                        "ci_lo", "ci_hi", "ci_unit", "ci_n_units")
         parts += ["## Bootstrap intervals (gains are fused minus primary alone)", "", markdown(bs), ""]
+    pts = frames.get("points")
+    if pts is not None and "bootstrap_note" in pts.columns:
+        nb = pts.filter(pl.col("bootstrap_note").is_not_null()).select("primary", "secondary", "dataset", "split",
+                                                                       "bootstrap_note")
+        if nb.height:
+            parts += ["## Not bootstrapped", "", markdown(nb), ""]
     if "theorems" in frames:
         parts += ["## Appendix A checks", "", markdown(frames["theorems"]), ""]
     if "rbp_scaling" in frames:
@@ -279,8 +345,16 @@ def main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
+    from pipeline import rundir
+
+    rundir.register()  # ${run_id:} in hydra.run.dir: every run its own directory
+
+    from pipeline.cli import exit_on_errors, report_errors
+
+    @exit_on_errors  # a project error: one line on stderr, exit status 1 (HYDRA_FULL_ERROR=1: the traceback)
     @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"),
                 config_name="law")
+    @report_errors
     def _main(cfg) -> None:
         settings = LawSettings.from_cfg(cfg, HydraConfig.get().runtime.output_dir)
         run(settings)

@@ -4,7 +4,9 @@ NLL: L(w) = -sum_s log(w a_s + (1 - w) b_s) is convex in w, with L'(w) = -sum (a
 L''(w) = sum (a - b)^2 / x^2. w* < 1 iff L'(1) = sum b/a - N > 0 and w* > 0 iff L'(0) = N - sum a/b < 0.
 The root of L' is found by safeguarded Newton in u = log beta = log(w / (1 - w)), carrying w and
 v = 1 - w separately so that precision holds as w* -> 1; alpha_nll = exp(u*). The improvement domain
-{w : L(w) <= L(1)} = [w_D, 1] has w_D the root of L(w) - L(1) left of w*, found the same way.
+{w : L(w) <= L(1)} = [w_D, 1] has w_D the root of E(w) = L(w) - L(1) left of w*, found the same way, with E
+summed term by term as -sum log1p((1 - w)(b - a)/a) (`kernels_optimum`): the difference of the two sums would
+cancel when the gain is far below the rounding of L. Identical models (a = b everywhere) make L flat: D = 0.
 
 ACC: position s is certified right on the open interval (L1_s, U1_s) of w (and, exactly, at w = 0 / 1
 when B / A alone is right). acc_lo(w) is a step function; sorting all interval ends and sweeping gives
@@ -20,9 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
+from . import kernels, kernels_optimum
 from .data import PairData
 from .errors import DegenerateObjectiveError
+from .metrics import nll_sums
 
 
 def _wv(u: float) -> tuple[float, float]:
@@ -77,23 +80,40 @@ def _solve(fun, u0: float, lo: float, hi: float, tol: float = 1e-13, max_iter: i
 
 @dataclass(frozen=True)
 class NllOptimum:
-    w: float  # w* (1.0 when A alone is best)
+    w: float  # w* (1.0 when A alone is best, or when the NLL does not depend on w)
     alpha: float  # beta* = w* / (1 - w*); inf when w* = 1
     w_domain: float  # w_D: L(w) <= L(1) exactly on [w_D, 1]
     d: float  # D = w_D / (1 - w_D)
     slope_at_1: float  # L'(1) = sum b/a - N (> 0 iff fusion helps)
+    nll: float = math.nan  # L(w*), the sweep's own sum (`metrics.nll_sums`) at w*; nan without the domain
+    gain: float = math.nan  # L(1) - L(w*) >= 0, summed without cancellation (-E(w*)); nan without the domain
+
+
+def _excess(data: PairData, w: float, v: float) -> tuple[float, float]:
+    """(E(w), L'(w)) with E(w) = L(w) - L(1) summed term by term (`kernels_optimum.nll_excess`); a > 0."""
+    nblk = (data.n + kernels.BLOCK - 1) // kernels.BLOCK
+    out = np.empty((nblk, 2))
+    kernels_optimum.nll_excess(data.a, data.b, w, v, out)
+    e, g = kernels.reduce_blocks(out)
+    return float(e), float(g)
 
 
 def nll_optimum(data: PairData, with_domain: bool = True) -> NllOptimum:
-    """Exact minimiser of the fused NLL over w in [0, 1], and the NLL improvement domain."""
+    """Exact minimiser of the fused NLL over w in [0, 1], and the NLL improvement domain.
+
+    When the two models give every target the same probability (a = b everywhere) the NLL does not depend on w:
+    w* = 1 (A alone, by convention: fusion does not help) and the domain is all of [0, 1], so D = 0.
+    Otherwise L is strictly convex and the domain is [w_D, 1] with w_D = 1 (D = inf) exactly when L'(1) <= 0.
+    """
     if np.any((data.a == 0.0) & (data.b == 0.0)):
         s = int(np.flatnonzero((data.a == 0.0) & (data.b == 0.0))[0])
         raise DegenerateObjectiveError(
             f"position {s} has probability 0 under both models, so the fused NLL is infinite for every weight; "
             "check the stores' logit widths (n_classes) and targets")
+    flat = bool(np.array_equal(data.a, data.b))
     _, g1, _ = _derivs(data, 1.0, 0.0, False)
     _, g0, _ = _derivs(data, 0.0, 1.0, False)
-    if not g1 > 0:
+    if flat or not g1 > 0:
         w, u = 1.0, math.inf
     elif not g0 < 0:
         w, u = 0.0, -math.inf
@@ -108,21 +128,24 @@ def nll_optimum(data: PairData, with_domain: bool = True) -> NllOptimum:
     alpha = math.exp(u) if math.isfinite(u) and u < U_MAX else (math.inf if u > 0 else 0.0)
     if not with_domain:
         return NllOptimum(w, alpha, math.nan, math.nan, g1)
-    if w == 1.0:
-        return NllOptimum(w, alpha, 1.0, math.inf, g1)
-    l1, _, _ = _derivs(data, 1.0, 0.0, True)
-    l0, _, _ = _derivs(data, 0.0, 1.0, True)
-    if l0 <= l1:
-        return NllOptimum(w, alpha, 0.0, 0.0, g1)
+    nll = float(nll_sums(data, np.array([w]))[0])
+    if w == 1.0:  # flat: L(w) = L(1) everywhere; else strictly convex, decreasing up to w = 1
+        return NllOptimum(w, alpha, 0.0 if flat else 1.0, 0.0 if flat else math.inf, g1, nll, 0.0)
+    if np.any(data.a == 0.0):  # L(1) = inf: every w < 1 improves on A alone
+        return NllOptimum(w, alpha, 0.0, 0.0, g1, nll, math.inf)
+    v_star = _wv(u)[1] if math.isfinite(u) else 1.0
+    gain = -_excess(data, w, v_star)[0]
+    if w == 0.0 or _excess(data, 0.0, 1.0)[0] <= 0.0:  # E(0) <= 0: convexity puts all of [0, 1] in the domain
+        return NllOptimum(w, alpha, 0.0, 0.0, g1, nll, gain)
 
-    def excess(u):  # L(w) - L(1), decreasing left of u*: negate to make it increasing
+    def excess(u):  # E(w) decreases left of u*: negate it to make it increasing
         w_, v_ = _wv(u)
-        f, g, _ = _derivs(data, w_, v_, True)
-        return -(f - l1), -g * w_ * v_
+        e, g = _excess(data, w_, v_)
+        return -e, -g * w_ * v_
 
     ud = _solve(excess, u - 1.0, -U_MAX, u)
     wd, _ = _wv(ud)
-    return NllOptimum(w, alpha, wd, math.exp(ud) if ud > -U_MAX else 0.0, g1)
+    return NllOptimum(w, alpha, wd, math.exp(ud) if ud > -U_MAX else 0.0, g1, nll, gain)
 
 
 # ---------------------------------------------------------------------------------------------- ACC

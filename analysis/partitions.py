@@ -5,9 +5,13 @@ right, Nww both wrong. In tau = (1 - w) / w:
     on T, i = A's argmax (other than t):  ET_T = (qA(i) - qA(t)) / (qB(t) - qB(i))
     on F, j = B's argmax (other than t):  ET_F = (qA(t) - qA(j)) / (qB(j) - qB(t))
 ET = +inf when the denominator is <= 0 and 0 when A ties. qA(i), qB(i), qA(j), qB(j) are known only
-within their storage bounds (float16 rounding, or [0, u] outside a list), so ET is an interval
-[et_lo, et_hi] (ET increases with qA(i) and qB(i) on T, decreases with qA(j) and qB(j) on F);
-`et_exact` says it is one value. Crossing ET is necessary, not sufficient, for a flip: the certified
+within their storage bounds (float16 rounding, or [0, u] outside a list), and a, b within their exp
+rounding, so ET is an interval [et_lo, et_hi] that surely holds it (ET increases with qA(i) and qB(i) on
+T, decreases with qA(j) and qB(j) on F; rounding stepped outward); `et_exact` says it is one value. The
+competitor is never the target: where a list holds only the target (K = 1), that model ties it (it is the
+wrong model of the partition), so the competitor is an unlisted class with the target's probability,
+reported as competitor -1, and its probability under the other model is bounded by everything but t.
+Crossing ET is necessary, not sufficient, for a flip: the certified
 and possible correctness intervals (in w and in tau) are reported beside it.
 """
 
@@ -19,7 +23,8 @@ import numpy as np
 import polars as pl
 
 from .data import PARTITIONS, F, PairData, T
-from .lut import list_bounds, outside_bound
+from .kernels import SUB_ERR
+from .lut import list_bounds, outside_bound, x_err
 
 
 @dataclass(frozen=True)
@@ -36,34 +41,88 @@ class Partitions:
         return self.counts["F"]
 
 
-def _w_to_tau(w: np.ndarray) -> np.ndarray:
-    """tau = (1 - w) / w for w in [0, 1]; w <= 0 -> inf, w >= 1 -> 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(w <= 0.0, np.inf, np.where(w >= 1.0, 0.0, (1.0 - w) / np.clip(w, 1e-300, None)))
+def _w_to_tau(w: np.ndarray, up: bool) -> np.ndarray:
+    """tau = (1 - w) / w for w in [0, 1] (w <= 0 -> inf, w >= 1 -> 0), rounded 2 ulps up (or down): more
+    than the rounding of 1 - w and of the division."""
+    d = np.inf if up else -np.inf
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        tau = np.nextafter(np.nextafter((1.0 - w) / np.clip(w, 1e-300, None), d), d)
+        return np.where(w <= 0.0, np.inf, np.where(w >= 1.0, 0.0, np.maximum(tau, 0.0)))
 
 
-def _ratio(num, den):
-    """num / den with +inf where den <= 0; num clipped at 0 (rounding of bounds can make it negative)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, np.maximum(num, 0.0) / np.where(den > 0, den, 1.0), np.inf)
+def _diff(x_lo, x_hi, ex, y, ey, tie):
+    """Sure bounds (lo, hi) of X - Y for X in [x_lo - ex, x_hi + ex], Y in [y - ey, y + ey]; (0, 0) where
+    ``tie`` (identical stored float32 values)."""
+    d_lo, d_hi = x_lo - y, x_hi - y
+    lo = np.nextafter(d_lo - (ex + ey + np.abs(d_lo) * SUB_ERR), -np.inf)
+    hi = np.nextafter(d_hi + (ex + ey + np.abs(d_hi) * SUB_ERR), np.inf)
+    return np.where(tie, 0.0, lo), np.where(tie, 0.0, hi)
+
+
+def _ratio_bounds(n_lo, n_hi, d_lo, d_hi):
+    """Sure bounds of ET = max(num, 0) / den (+inf when den <= 0) for num in [n_lo, n_hi], den in
+    [d_lo, d_hi]: ET increases with num and decreases with den; quotients stepped outward."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lo = np.nextafter(np.maximum(n_lo, 0.0) / np.where(d_hi > 0, d_hi, 1.0), -np.inf)
+        hi = np.nextafter(np.maximum(n_hi, 0.0) / np.where(d_lo > 0, d_lo, 1.0), np.inf)
+    return np.where(d_hi > 0, np.maximum(lo, 0.0), np.inf), np.where(d_lo > 0, hi, np.inf)
 
 
 def _other_top(ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Column of the most probable listed id other than the target (0, or 1 if column 0 is the target)."""
+    """Column of the most probable listed id other than the target: 0, or 1 if column 0 is the target;
+    -1 where the list holds only the target (the competitor is then an unlisted class)."""
+    first_is_t = ids[:, 0] == targets
     if ids.shape[1] == 1:
-        return np.zeros(len(ids), np.int64)
-    return (ids[:, 0] == targets).astype(np.int64)
+        return np.where(first_is_t, -1, 0)
+    return first_is_t.astype(np.int64)
 
 
-def _lookup(ids_other, lp_other, u_other, ncls_other, query):
-    """(lo, hi) of the other model's probability of `query` ids: its list bounds, else [0, u] or 0."""
+def _own(ids, lp, lpt, u, ties_t, col):
+    """(lo, hi, err, tie, id) of the competitor at column ``col`` of its own model's list; an unlisted
+    competitor (col -1: the list is only the target) is a class tied with the target when the store counts
+    ties, else any class in [0, u]; id -1 when unknown."""
+    rows = np.arange(len(col))
+    c = np.maximum(col, 0)
+    lpc = lp[rows, c]
+    lo, hi = list_bounds(lpc)
+    ep, tie = _entry_err(lpc, lpt)
+    unknown = col < 0
+    tied = unknown & (ties_t > 0)
+    lo = np.where(unknown, 0.0, lo)
+    hi = np.where(unknown, u, hi)
+    ep = np.where(unknown, 0.0, ep)
+    return lo, hi, ep, np.where(unknown, tied, tie), np.where(unknown, -1, ids[rows, c])
+
+
+def _entry_err(lp, lpt):
+    """(err, tie) of stored log-probs: float32 values are exact, their float64 exp is within x_err, and an
+    entry equal to the target's stored value ties it exactly; float16 bounds are sure (err 0, no ties)."""
+    if lp.dtype == np.float16:
+        return np.zeros(lp.shape), np.zeros(lp.shape, bool)
+    x = lp.astype(np.float64)
+    return x_err(np.exp(x), x), lp == lpt
+
+
+def _lookup(ids_other, lp_other, lpt_other, u_other, ncls_other, query, t):
+    """(lo, hi, err, tie) of the other model's probability of `query` ids: its list bounds, else [0, u] or 0;
+    an unknown query (-1) is any class but t: [0, max(u, every other listed hi)]."""
     eq = ids_other == query[:, None]
     found = eq.any(axis=1)
     col = eq.argmax(axis=1)
-    lo, hi = list_bounds(np.take_along_axis(lp_other, col[:, None], axis=1)[:, 0])
+    lpc = np.take_along_axis(lp_other, col[:, None], axis=1)[:, 0]
+    lo, hi = list_bounds(lpc)
+    ep, tie = _entry_err(lpc, lpt_other)
     lo = np.where(found, lo, 0.0)
     hi = np.where(found, hi, np.where(query < ncls_other, u_other, 0.0))
-    return lo, hi
+    ep = np.where(found, ep, 0.0)
+    tie = found & tie
+    unknown = query < 0
+    if unknown.any():
+        l_all, h_all = list_bounds(lp_other)
+        e_all, _ = _entry_err(lp_other, lpt_other[:, None])
+        h_all = np.where(ids_other == t[:, None], 0.0, h_all + e_all)
+        hi = np.where(unknown, np.maximum(u_other, h_all.max(axis=1)), hi)
+    return lo, hi, ep, tie
 
 
 def exchange_thresholds(store_a, store_b, data: PairData, window: int = 65536) -> pl.DataFrame:
@@ -81,26 +140,29 @@ def exchange_thresholds(store_a, store_b, data: PairData, window: int = 65536) -
         rb = {k: v[sel] for k, v in store_b.read(names, lo, hi).items()}
         t = ra["targets"]
         a, b = data.a[lo + sel], data.b[lo + sel]
-        ua = outside_bound(ra["topk_ids"], ra["topk_logprobs"], ra["tail_logmass"], t, a)
-        ub = outside_bound(rb["topk_ids"], rb["topk_logprobs"], rb["tail_logmass"], t, b)
-        rows = np.arange(sel.size)
-        # T: i = A's top other than t.
-        ci = _other_top(ra["topk_ids"], t)
-        i = ra["topk_ids"][rows, ci]
-        qa_i_lo, qa_i_hi = list_bounds(ra["topk_logprobs"][rows, ci])
-        qb_i_lo, qb_i_hi = _lookup(rb["topk_ids"], rb["topk_logprobs"], ub, store_b.n_classes, i)
-        et_t_lo = _ratio(qa_i_lo - a, b - qb_i_lo)
-        et_t_hi = _ratio(qa_i_hi - a, b - qb_i_hi)
+        ea = x_err(a, ra["target_logprob"].astype(np.float64))
+        eb = x_err(b, rb["target_logprob"].astype(np.float64))
+        ua = outside_bound(ra["topk_ids"], ra["topk_logprobs"], ra["tail_logmass"], t, a, ea)
+        ub = outside_bound(rb["topk_ids"], rb["topk_logprobs"], rb["tail_logmass"], t, b, eb)
+        # T: i = A's top other than t.  ET_T = (qA(i) - a) / (b - qB(i))
+        lo_i, hi_i, ep_i, tie_i, i = _own(ra["topk_ids"], ra["topk_logprobs"], ra["target_logprob"], ua,
+                                          ra["target_ties"], _other_top(ra["topk_ids"], t))
+        qb_lo, qb_hi, qb_e, qb_tie = _lookup(rb["topk_ids"], rb["topk_logprobs"], rb["target_logprob"], ub,
+                                             store_b.n_classes, i, t)
+        n_lo, n_hi = _diff(lo_i, hi_i, ep_i, a, ea, tie_i)
+        m_lo, m_hi = _diff(qb_lo, qb_hi, qb_e, b, eb, qb_tie)  # qB(i) - b = -den
+        et_t_lo, et_t_hi = _ratio_bounds(n_lo, n_hi, -m_hi, -m_lo)
         a_ties = (ra["target_rank"] == 0) & (ra["target_ties"] > 0)
         et_t_lo = np.where(a_ties, 0.0, et_t_lo)
         et_t_hi = np.where(a_ties, 0.0, et_t_hi)
-        # F: j = B's top other than t.
-        cj = _other_top(rb["topk_ids"], t)
-        j = rb["topk_ids"][rows, cj]
-        qb_j_lo, qb_j_hi = list_bounds(rb["topk_logprobs"][rows, cj])
-        qa_j_lo, qa_j_hi = _lookup(ra["topk_ids"], ra["topk_logprobs"], ua, store_a.n_classes, j)
-        et_f_lo = _ratio(a - qa_j_hi, qb_j_hi - b)
-        et_f_hi = _ratio(a - qa_j_lo, qb_j_lo - b)
+        # F: j = B's top other than t.  ET_F = (a - qA(j)) / (qB(j) - b)
+        lo_j, hi_j, ep_j, tie_j, j = _own(rb["topk_ids"], rb["topk_logprobs"], rb["target_logprob"], ub,
+                                          rb["target_ties"], _other_top(rb["topk_ids"], t))
+        qa_lo, qa_hi, qa_e, qa_tie = _lookup(ra["topk_ids"], ra["topk_logprobs"], ra["target_logprob"], ua,
+                                             store_a.n_classes, j, t)
+        m_lo, m_hi = _diff(qa_lo, qa_hi, qa_e, a, ea, qa_tie)  # qA(j) - a = -num
+        d_lo, d_hi = _diff(lo_j, hi_j, ep_j, b, eb, tie_j)
+        et_f_lo, et_f_hi = _ratio_bounds(-m_hi, -m_lo, d_lo, d_hi)
         is_t = code[sel] == T
         pos = lo + sel
         et_lo = np.where(is_t, et_t_lo, et_f_lo)
@@ -117,8 +179,10 @@ def exchange_thresholds(store_a, store_b, data: PairData, window: int = 65536) -
             "et_lo": et_lo, "et_hi": et_hi, "et_exact": et_lo == et_hi,
             "w_cert_lo": np.where(empty1, nan, l1), "w_cert_hi": np.where(empty1, nan, u1),
             "w_poss_lo": np.where(empty2, nan, l2), "w_poss_hi": np.where(empty2, nan, u2),
-            "tau_cert_lo": np.where(empty1, nan, _w_to_tau(u1)), "tau_cert_hi": np.where(empty1, nan, _w_to_tau(l1)),
-            "tau_poss_lo": np.where(empty2, nan, _w_to_tau(u2)), "tau_poss_hi": np.where(empty2, nan, _w_to_tau(l2)),
+            "tau_cert_lo": np.where(empty1, nan, _w_to_tau(u1, True)),
+            "tau_cert_hi": np.where(empty1, nan, _w_to_tau(l1, False)),
+            "tau_poss_lo": np.where(empty2, nan, _w_to_tau(u2, False)),
+            "tau_poss_hi": np.where(empty2, nan, _w_to_tau(l2, True)),
         }))
     if not frames:
         return pl.DataFrame(schema={"position": pl.Int64, "partition": pl.Utf8, "competitor": pl.Int64,

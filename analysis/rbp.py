@@ -7,7 +7,9 @@ c_s is bounded from the stored lists: c_lo counts the known competitors whose lo
 c_hi those whose upper bound does, plus every class outside both lists when their common upper bound
 w uA + (1 - w) uB reaches it. Beyond the lists, a class j with qA(j) < qA(t) and qB(j) < qB(t) has
 f_w(j) < f_w(t), so c_s <= (rank_A + ties_A) + (rank_B + ties_B) (the rank-sum bound), which caps c_hi.
-RBP_lo = mean(c_hi < k) (certified), RBP_hi = mean(c_lo < k) (possible). ``method`` says "exact" when
+Every comparison is made with rounding accounted outward (a and b within their exp error, float16 entries
+by their rounding intervals, `kernels._gap`), so c_lo <= c_s <= c_hi surely; identical stored float32 values
+are exact ties. RBP_lo = mean(c_hi < k) (certified), RBP_hi = mean(c_lo < k) (possible). ``method`` says "exact" when
 they agree, "rank-sum bound" when the cap certified some position, else "bounded".
 
 The relative-based scaling law: -log RBP@k = c N^(-gamma) across a family (N non-embedding parameters
@@ -23,7 +25,8 @@ import polars as pl
 from numba import njit, prange
 
 from .fits import fit_power_law
-from .lut import list_bounds, outside_bound
+from .kernels import _gap
+from .lut import REL, TINY, list_bounds, outside_bound, x_err
 
 KS = (1, 5, 10, 50, 100, 1000)
 
@@ -41,12 +44,40 @@ def single_rbp(store, ks=KS, chunk: int = 1 << 18) -> pl.DataFrame:
                          "n": [store.n] * ks.size})
 
 
+@njit(cache=True, nogil=True)
+def _sign(w, v, d1, d0):
+    """Sign of w d1 + v d0 as far as rounding allows: 1 surely > 0, -1 surely <= 0, 0 unknown (v = 1 - w
+    rounded; the margin covers it, both products and the sum; exact zeros give exactly 0 -> -1)."""
+    x = w * d1
+    y = v * d0
+    g = x + y
+    m = (abs(x) + abs(y)) * REL + (TINY if (d1 != 0.0 or d0 != 0.0) else 0.0)
+    if g - m > 0.0:
+        return 1
+    if g + m <= 0.0:
+        return -1
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _counts_at(w, v, a, ea, b, eb, lo_a, hi_a, ep_a, tie_a, lo_b, hi_b, ep_b, tie_b):
+    """(surely f(j) >= f(t), possibly f(j) >= f(t)) for a competitor with the given bounds (`kernels._lines`)."""
+    c1, e1 = _gap(a, ea, hi_a, ep_a, tie_a)
+    c0, e0 = _gap(b, eb, hi_b, ep_b, tie_b)
+    possible = _sign(w, v, c1 - e1, c0 - e0) != 1  # (SUB_ERR covers the rounding of c -+ e)
+    c1, e1 = _gap(a, ea, lo_a, ep_a, tie_a)
+    c0, e0 = _gap(b, eb, lo_b, ep_b, tie_b)
+    sure = _sign(w, v, c1 + e1, c0 + e0) == -1
+    return sure, possible
+
+
 @njit(cache=True, nogil=True, parallel=True)
-def fused_count_bounds(t, a, b, w, n_vocab, ids_a, lo_a, hi_a, u_a, ncls_a, ids_b, lo_b, hi_b, u_b, ncls_b,
-                       c_lo, c_hi, n_outside):
-    """Per position: c_lo / c_hi bounds of #{j != t : w qA(j) + (1 - w) qB(j) >= f(t)} over the union of the
-    two lists (each class outside a model's list is in [0, u], or 0 beyond its width), and the number of
-    classes outside both lists (not counted in c_hi here: the caller adds them when their bound reaches f(t))."""
+def fused_count_bounds(t, a, ea, b, eb, w, n_vocab, ids_a, lo_a, hi_a, ep_a, tie_a, u_a, ncls_a,
+                       ids_b, lo_b, hi_b, ep_b, tie_b, u_b, ncls_b, c_lo, c_hi):
+    """Per position: c_lo / c_hi bounds of #{j != t : w qA(j) + (1 - w) qB(j) >= f(t)}: every class of the
+    union of the two lists (each class outside a model's list is in [0, u], or 0 beyond its width) and the
+    classes outside both lists (in [0, uA] x [0, uB]: counted in c_hi when their bound may reach f(t)).
+    a, b are within ea, eb; list entries within ep_* of [lo, hi]; tie_*: stored value equal to t's (exact)."""
     n = t.shape[0]
     ka = ids_a.shape[1]
     kb = ids_b.shape[1]
@@ -56,7 +87,6 @@ def fused_count_bounds(t, a, b, w, n_vocab, ids_a, lo_a, hi_a, u_a, ncls_a, ids_
     for p in prange(n_pieces):
         where = np.full(n_vocab, -1, np.int32)
         for s in range(p * piece, min(n, (p + 1) * piece)):
-            ft = w * a[s] + v * b[s]
             tt = t[s]
             for k in range(kb):
                 where[ids_b[s, k]] = k
@@ -73,16 +103,14 @@ def fused_count_bounds(t, a, b, w, n_vocab, ids_a, lo_a, hi_a, u_a, ncls_a, ids_
                     t_known = True
                     continue
                 if kk >= 0:
-                    lb = lo_b[s, kk]
-                    hb = hi_b[s, kk]
+                    lb, hb, eb_j, tb = lo_b[s, kk], hi_b[s, kk], ep_b[s, kk], tie_b[s, kk]
                     where[j] = -2
                 else:
-                    lb = 0.0
-                    hb = u_b[s] if j < ncls_b else 0.0
-                if w * lo_a[s, k] + v * lb >= ft:
-                    lo_c += 1
-                if w * hi_a[s, k] + v * hb >= ft:
-                    hi_c += 1
+                    lb, hb, eb_j, tb = 0.0, (u_b[s] if j < ncls_b else 0.0), 0.0, False
+                sure, poss = _counts_at(w, v, a[s], ea[s], b[s], eb[s], lo_a[s, k], hi_a[s, k], ep_a[s, k],
+                                        tie_a[s, k], lb, hb, eb_j, tb)
+                lo_c += sure
+                hi_c += poss
             for k in range(kb):
                 j = ids_b[s, k]
                 matched = where[j] == -2
@@ -92,15 +120,32 @@ def fused_count_bounds(t, a, b, w, n_vocab, ids_a, lo_a, hi_a, u_a, ncls_a, ids_
                     continue
                 if matched:
                     continue
-                ha = u_a[s] if j < ncls_a else 0.0
-                if v * lo_b[s, k] >= ft:
-                    lo_c += 1
-                if w * ha + v * hi_b[s, k] >= ft:
-                    hi_c += 1
+                sure, poss = _counts_at(w, v, a[s], ea[s], b[s], eb[s], 0.0, (u_a[s] if j < ncls_a else 0.0),
+                                        0.0, False, lo_b[s, k], hi_b[s, k], ep_b[s, k], tie_b[s, k])
+                lo_c += sure
+                hi_c += poss
+            out = n_vocab - n_union - (0 if t_known else 1)
+            if out > 0:
+                _, poss = _counts_at(w, v, a[s], ea[s], b[s], eb[s], 0.0, u_a[s], 0.0, False, 0.0, u_b[s], 0.0,
+                                     False)
+                hi_c += out * poss
             c_lo[s] = lo_c
             c_hi[s] = hi_c
-            out = n_vocab - n_union - (0 if t_known else 1)
-            n_outside[s] = out if out > 0 else 0
+
+
+def _side(r: dict):
+    """(p, err) of the target and (ids, lo, hi, err, tie) of the list entries of one model's chunk."""
+    x = r["target_logprob"].astype(np.float64)
+    p = np.exp(x)
+    e = x_err(p, x)
+    lp = r["topk_logprobs"]
+    lo, hi = list_bounds(lp)
+    if lp.dtype == np.float16:
+        ep, tie = np.zeros(lp.shape), np.zeros(lp.shape, bool)
+    else:
+        ep, tie = x_err(lo, lp.astype(np.float64)), lp == r["target_logprob"][:, None]
+    c = np.ascontiguousarray
+    return p, e, c(r["topk_ids"], dtype=np.int64), c(lo), c(hi), c(ep), c(tie)
 
 
 def fused_counts(store_a, store_b, w: float, chunk: int = 16384) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,22 +161,12 @@ def fused_counts(store_a, store_b, w: float, chunk: int = 16384) -> tuple[np.nda
         hi = min(n, lo + chunk)
         ra, rb = store_a.read(names, lo, hi), store_b.read(names, lo, hi)
         t = ra["targets"].astype(np.int64)
-        a = np.exp(ra["target_logprob"].astype(np.float64))
-        b = np.exp(rb["target_logprob"].astype(np.float64))
-        la, ha = list_bounds(ra["topk_logprobs"])
-        lb, hb = list_bounds(rb["topk_logprobs"])
-        ua = outside_bound(ra["topk_ids"], ra["topk_logprobs"], ra["tail_logmass"], ra["targets"], a)
-        ub = outside_bound(rb["topk_ids"], rb["topk_logprobs"], rb["tail_logmass"], rb["targets"], b)
-        m = hi - lo
-        cl, ch, nout = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64)
-        fused_count_bounds(t, a, b, float(w), n_vocab, np.ascontiguousarray(ra["topk_ids"], dtype=np.int64),
-                           np.ascontiguousarray(la), np.ascontiguousarray(ha), ua, store_a.n_classes,
-                           np.ascontiguousarray(rb["topk_ids"], dtype=np.int64), np.ascontiguousarray(lb),
-                           np.ascontiguousarray(hb), ub, store_b.n_classes, cl, ch, nout)
-        ft = w * a + (1 - w) * b
-        out_hi = w * ua + (1 - w) * ub
-        c_lo[lo:hi] = cl
-        c_hi[lo:hi] = ch + np.where(out_hi >= ft, nout, 0)
+        a, ea, *list_a = _side(ra)
+        b, eb, *list_b = _side(rb)
+        ua = outside_bound(ra["topk_ids"], ra["topk_logprobs"], ra["tail_logmass"], ra["targets"], a, ea)
+        ub = outside_bound(rb["topk_ids"], rb["topk_logprobs"], rb["tail_logmass"], rb["targets"], b, eb)
+        fused_count_bounds(t, a, ea, b, eb, float(w), n_vocab, *list_a, ua, store_a.n_classes,
+                           *list_b, ub, store_b.n_classes, c_lo[lo:hi], c_hi[lo:hi])
         cap[lo:hi] = (ra["target_rank"].astype(np.int64) + ra["target_ties"] + rb["target_rank"]
                       + rb["target_ties"])
     return c_lo, c_hi, cap

@@ -172,7 +172,7 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
                 continue
             hw = (row["heldout_w_nll"], row["heldout_w_acc"]) if "heldout_w_nll" in row else None
             row.update(sweep_columns(entry["pair"], heldout_w=hw, n_resamples=cfg.n_resamples, seed=cfg.seed,
-                                     by=_unit(cfg.bootstrap_unit, entry["pair"]), kfold=cfg.kfold))
+                                     by=cfg.bootstrap_unit, kfold=cfg.kfold))
     return _write(cfg, baselines, pairs, sweeps, found, task_sweeps)
 
 
@@ -319,13 +319,6 @@ def task_metrics(baselines: pl.DataFrame) -> dict[str, list[str]]:
     return out
 
 
-def _unit(unit: str, pair) -> str:
-    """'auto': the fixed 4,096-position blocks when there are at least 100 of them, else documents."""
-    if unit != "auto":
-        return unit
-    return "block" if pair.primary.n >= 100 * 4096 or not pair.primary.has("doc_id") else "doc"
-
-
 def _intervals(prs: pl.DataFrame) -> pl.DataFrame | None:
     """'[lo, hi]' cells for the bootstrap columns present (see analysis.bootstrap.table_columns)."""
     stats = [(scope, stat) for scope in ("insample", "heldout", "kfold") for stat in ("dppl", "dbpc", "dacc_lo",
@@ -333,9 +326,14 @@ def _intervals(prs: pl.DataFrame) -> pl.DataFrame | None:
              if f"{scope}_{stat}_ci_lo" in prs.columns]
     if not stats and "bootstrap_note" not in prs.columns:
         return None
+    from .bootstrap import unit_label
+
     def fmt(lo, hi):
         return "" if lo is None or hi is None else f"[{lo:.4g}, {hi:.4g}]"
     cols = {"primary": prs["primary"], "secondary": prs["secondary"], "dataset": prs["dataset"], "split": prs["split"]}
+    if "ci_unit" in prs.columns:  # what each interval was resampled over, beside it
+        cols["resampled"] = ["" if k is None else unit_label(k, int(n)) for k, n in zip(prs["ci_unit"],
+                                                                                       prs["ci_n_units"])]
     for scope, stat in stats:
         cols[f"{stat} ({scope})"] = [fmt(lo, hi) for lo, hi in zip(prs[f"{scope}_{stat}_ci_lo"],
                                                                     prs[f"{scope}_{stat}_ci_hi"])]
@@ -348,8 +346,16 @@ def main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
+    from pipeline import rundir
+
+    rundir.register()  # ${run_id:} in hydra.run.dir: every run its own directory
+
+    from pipeline.cli import exit_on_errors, report_errors
+
+    @exit_on_errors  # a project error: one line on stderr, exit status 1 (HYDRA_FULL_ERROR=1: the traceback)
     @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"),
                 config_name="analyze")
+    @report_errors
     def _main(cfg) -> None:
         settings = AnalyzeSettings.from_cfg(cfg, HydraConfig.get().runtime.output_dir)
         frames = run(settings)

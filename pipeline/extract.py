@@ -15,6 +15,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.cli import exit_on_errors, report_errors
 from pipeline.extraction.config import run_spec_from_dict
 
 log = logging.getLogger("pipeline.extract")
@@ -28,7 +29,9 @@ def run(cfg: DictConfig):
     return extract(spec)
 
 
+@exit_on_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="extract")
+@report_errors  # a project error: one line on stderr, exit status 1 (HYDRA_FULL_ERROR=1: the traceback)
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

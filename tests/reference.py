@@ -116,35 +116,66 @@ def nll_sums(arr_a, arr_b, weights) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- bounds
+REL = 2.0 ** -50  # outward step for a float64 exp (a few ulps)
+TINY = 2.0 ** -1070  # ... and for a possibly subnormal result
+
+
+def float16_ends(lp16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The closed interval of reals that round to each float16 value, from the bit patterns: the midpoints
+    to the neighbouring magnitudes (m - 1 and m + 1; the one past the largest finite, 65504, is 65536, i.e.
+    the overflow boundary 65520), mirrored for negative values; +-0 covers [-2^-25, 2^-25]; -inf (-inf, -65520]."""
+    u = np.ascontiguousarray(lp16, dtype=np.float16).view(np.uint16).astype(np.int64)
+    mag = u & 0x7FFF
+    neg = (u & 0x8000) != 0
+
+    def value(m):
+        m = np.asarray(m)
+        e, f = m >> 10, m & 0x3FF
+        return np.where(e == 0, f * 2.0 ** -24, (1024 + f) * 2.0 ** (e.astype(np.float64) - 25))
+
+    lo_mag = np.where(mag == 0, 0.0, 0.5 * (value(np.maximum(mag - 1, 0)) + value(mag)))
+    hi_mag = np.where(mag == 0x7BFF, 65520.0, 0.5 * (value(mag) + value(np.minimum(mag + 1, 0x7BFF))))
+    lo = np.where(neg, -hi_mag, np.where(mag == 0, -hi_mag, lo_mag))
+    hi = np.where(neg, np.where(mag == 0, hi_mag, -lo_mag), hi_mag)
+    inf = mag == 0x7C00
+    lo = np.where(inf, np.where(neg, -np.inf, 65520.0), lo)
+    hi = np.where(inf, np.where(neg, -65520.0, np.inf), hi)
+    nan = mag > 0x7C00
+    return np.where(nan, np.nan, lo), np.where(nan, np.nan, hi)
+
+
 def prob_bounds(lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) probability of each stored log-prob: float16 +-1/2 ulp (outward-rounded), float32 exact."""
-    v = lp.astype(np.float64)
+    """(lo, hi) probability of each stored log-prob: float16 the exp of its rounding interval's ends (stepped
+    outward by REL and TINY; -inf: [0, 2^-1074]), float32 exact (exp; its rounding is the caller's)."""
     if lp.dtype == np.float16:
-        h = 0.5 * np.abs(np.spacing(lp).astype(np.float64))
-        with np.errstate(invalid="ignore"):
-            lo = np.where(np.isfinite(v), np.exp(v - h), 0.0)
-            hi = np.where(np.isfinite(v), np.exp(v + h), 0.0)
-        lo = np.minimum(np.nextafter(lo, -np.inf).clip(min=0.0), 1.0)
-        hi = np.minimum(np.nextafter(hi, np.inf), 1.0)
+        lo_end, hi_end = float16_ends(lp)
+        with np.errstate(invalid="ignore", over="ignore"):
+            lo = np.clip(np.exp(lo_end) * (1.0 - REL) - TINY, 0.0, 1.0)
+            hi = np.minimum(np.exp(hi_end) * (1.0 + REL) + TINY, 1.0)
+        hi = np.where(np.isneginf(lp.astype(np.float64)), 2.0 ** -1074, hi)
         return lo, hi
-    p = np.exp(v)
+    p = np.exp(lp.astype(np.float64))
     return p, p
 
 
 def tail_upper(tail: np.ndarray) -> np.ndarray:
     x = tail.astype(np.float64)
     with np.errstate(invalid="ignore"):
-        p = np.exp(x + np.abs(x) * TAIL_WIDEN) * (1.0 + 4e-16)
-    return np.where(np.isneginf(x), 0.0, np.minimum(p, 1.0))
+        p = np.exp(x + np.abs(x) * TAIL_WIDEN) * (1.0 + REL) + TINY
+    return np.where(np.isneginf(x), 0.0, p)
 
 
 def outside_bound(arr, p_target) -> np.ndarray:
     """u: upper bound of any class outside the model's list (other than the target)."""
-    _, hi = prob_bounds(arr["topk_logprobs"])
+    lp_k = arr["topk_logprobs"][:, -1]
+    _, hi = prob_bounds(lp_k)
+    if lp_k.dtype != np.float16:  # exp's rounding of the K-th value, and of the target's probability
+        hi = hi * (1.0 + REL) + TINY
     t_in = (arr["topk_ids"] == arr["targets"][:, None]).any(axis=1)
     tail = tail_upper(arr["tail_logmass"])
-    tail = np.where(t_in, tail, np.maximum(tail - p_target, 0.0))
-    return np.minimum(hi[:, -1], tail)
+    e_t = np.where(p_target > 0, p_target * REL + TINY, 0.0)
+    tail = np.where(t_in, tail, np.maximum(np.nextafter(tail - p_target + e_t, np.inf), 0.0))
+    return np.minimum(hi, tail)
 
 
 def candidates(arr_a, arr_b, n_classes_a: int, n_classes_b: int):

@@ -58,6 +58,9 @@ def test_cli_contract_writes_a_complete_store_and_refuses_to_overwrite(tiny, tmp
 def test_cli_bad_inputs_name_the_problem(tiny, tmp_path):
     r = cli(contract(tmp_path / "missing-model", tiny["data"], tmp_path / "o.zarr"), tmp_path)
     assert r.returncode != 0 and "ModelNotFoundError" in r.stderr and "missing-model" in r.stderr
+    assert "text_sha256" not in r.stderr  # reported before the dataset was read
+    r = cli([f"model.name_or_path={tiny['gpt2']}", "dataset=text_file", f"store={tmp_path / 'o.zarr'}"], tmp_path)
+    assert r.returncode != 0 and "dataset.path is required" in r.stderr and "???" not in r.stderr
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok \xff\xfe not utf8")
     r = cli(contract(tiny["gpt2"], bad, tmp_path / "o.zarr"), tmp_path)

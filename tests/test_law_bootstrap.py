@@ -10,8 +10,10 @@ import reference as ref
 import reference_law as rl
 
 from analysis.bootstrap import (
+    MIN_UNITS,
     BootstrapError,
     bootstrap,
+    choose_units,
     draw_counts,
     kfold_choice,
     make_units,
@@ -20,6 +22,7 @@ from analysis.bootstrap import (
     resampled_optima,
     sweep_columns,
     table_columns,
+    unit_kind,
 )
 from analysis.data import PairData
 from analysis.metrics import sweep_frame
@@ -80,7 +83,8 @@ def test_block_units_and_fixed_weight_gains_match_explicit_resamples():
     data, sa = _data(5, n=3 * 4096 + 100)
     units = make_units(data.n, "block")
     assert units.n_units == 4
-    frame = bootstrap(None, data=data, n_resamples=200, seed=1, heldout_w=(0.7, 0.6))
+    frame = bootstrap(None, data=data, n_resamples=200, seed=1, heldout_w=(0.7, 0.6), by="block", min_units=2)
+    assert (frame["ci_unit"][0], frame["ci_n_units"][0]) == ("block", 4)
     counts = draw_counts(units.n_units, 200, seed=1)
     vals = []
     for r in range(200):
@@ -98,6 +102,7 @@ def test_block_units_and_fixed_weight_gains_match_explicit_resamples():
     assert (row["ci_lo"], row["ci_hi"]) == pytest.approx((lo, hi), abs=1e-12)
     cols = table_columns(frame)
     assert "heldout_dppl_ci_lo" in cols and "insample_alpha_nll_ci_hi" in cols
+    assert (cols["ci_unit"], cols["ci_n_units"]) == ("block", 4)
 
 
 def test_percentile_interval_matches_reference_and_keeps_inf():
@@ -128,10 +133,14 @@ def test_kfold_choice_uses_only_other_folds():
 
 def test_bootstrap_errors_name_the_value():
     data, _ = _data(0, n=500)
-    with pytest.raises(BootstrapError, match="only 1 resampling unit"):
+    with pytest.raises(BootstrapError, match="too few resampling units: 1 4,096-position block over 500"):
         bootstrap(None, data=data, n_resamples=100)
+    with pytest.raises(BootstrapError, match="only 1 resampling unit"):
+        make_units(500, "block")
     with pytest.raises(BootstrapError, match="'weird'"):
         make_units(10, "weird")
+    with pytest.raises(BootstrapError, match="'weird'"):
+        bootstrap(None, data=data, by="weird")
     with pytest.raises(BootstrapError, match="level=1.5"):
         bootstrap(None, data=data, level=1.5)
 
@@ -158,13 +167,42 @@ def test_resampled_optima_on_realistic_top64_float16_lists():
         assert (ro.alpha_acc[r], ro.d_acc[r]) == (acc.alpha, acc.d)
 
 
+def _with_docs(store, doc_id):
+    from analysis.data import MemoryStore
+
+    return MemoryStore({**store.arrays, "doc_id": doc_id}, n_classes=store.n_classes, attrs=store.attrs)
+
+
 def test_sweep_columns_for_the_pairs_table():
     from analysis import Pair
 
     sa, sb, *_ = ref.memory_pair(8, n=2 * 4096 + 10)
-    cols = sweep_columns(Pair(sa, sb), heldout_w=(0.8, 0.8), n_resamples=50, by="doc")
-    assert cols["bootstrap_unit"] == "block"  # one document only: falls back to blocks
+    doc = np.arange(sa.n) // 200  # 42 documents, 3 blocks: documents
+    cols = sweep_columns(Pair(_with_docs(sa, doc), _with_docs(sb, doc)), heldout_w=(0.8, 0.8), n_resamples=50)
+    assert (cols["ci_unit"], cols["ci_n_units"]) == ("doc", 42)
     assert {"heldout_dppl_ci_lo", "insample_alpha_nll_ci_hi", "insample_dacc_lo_ci_lo"} <= set(cols)
     assert cols["insample_alpha_nll_ci_lo"] <= cols["insample_alpha_nll_ci_hi"]
+    # one document and 3 blocks: documents, too few of them; said with the unit and count, no interval
+    note = sweep_columns(Pair(sa, sb), n_resamples=50)
+    assert set(note) == {"bootstrap_note"}
+    assert "too few resampling units: 1 document over 8,202 positions" in note["bootstrap_note"]
     small = ref.memory_pair(8, n=100)
-    assert "only 1 resampling unit" in sweep_columns(Pair(*small[:2]), n_resamples=50)["bootstrap_note"]
+    assert "too few resampling units: 1 document over 100" in sweep_columns(Pair(*small[:2]),
+                                                                              n_resamples=50)["bootstrap_note"]
+
+
+@pytest.mark.parametrize("n,n_docs,want", [(99 * 4096, 40, ("doc", 40)), (99 * 4096 + 1, 40, ("block", 100)),
+                                           (3000, None, None), (30 * 4096, None, ("block", 30)),
+                                           (3000, 19, None), (3000, 20, ("doc", 20))])
+def test_one_unit_rule(n, n_docs, want):
+    """Documents, or 4,096-position blocks when there are at least 100 of them (or no documents); fewer than
+    MIN_UNITS = 20 units of the chosen kind: refused, whatever the other kind would give."""
+    doc = None if n_docs is None else (np.arange(n) * n_docs) // n
+    if want is None:
+        with pytest.raises(BootstrapError, match="too few resampling units") as e:
+            choose_units(n, doc)
+        assert f"at least {MIN_UNITS}" in str(e.value)
+        return
+    u = choose_units(n, doc)
+    assert (u.kind, u.n_units) == want
+    assert unit_kind(n, doc is not None) == want[0]

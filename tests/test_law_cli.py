@@ -53,6 +53,13 @@ def test_law_run_writes_every_frame(stores, tmp_path):
     assert (tmp_path / "ar_law.png").is_file()
     md = (tmp_path / "law.md").read_text()
     assert "n_params_nonembed" in md and "Multi-model fusion" in md and "Similarity-based" in md
+    # regression: a power law was fitted through 2 points (R^2 = 1); each primary here has at most 2 secondaries
+    fits = frames["fits"]
+    assert fits["p"].is_nan().all() and fits["r2"].is_nan().all()
+    assert set(fits["note"]) == {"not fitted: 2 points < 3", "not fitted: 1 point < 3"}
+    assert "not fitted: 2 points < 3" in md
+    # the resampling unit and its count beside every interval
+    assert set(bs["ci_unit"]) == {"doc"} and set(bs["ci_n_units"]) == {20}
 
 
 @pytest.mark.slow

@@ -45,7 +45,8 @@ def test_fit_excludes_and_counts_zero_and_inf():
     assert fit["p"] == pytest.approx(0.5)
     assert fit["r2"] == pytest.approx(1.0)
     two = fit_power_law([2.0, 4.0], [1.0, 3.0])
-    assert math.isnan(two["p_se"]) and two["p"] == pytest.approx(math.log2(3))
+    assert math.isnan(two["p_se"]) and math.isnan(two["p"]) and math.isnan(two["r2"])  # 2 points: not fitted
+    assert two["note"] == "not fitted: 2 points < 3"
     with pytest.raises(LawFitError, match="-1.0"):
         fit_power_law([-1.0, 2.0], [1.0, 1.0])
 

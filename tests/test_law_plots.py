@@ -39,3 +39,55 @@ def test_plots_draw_their_series():
     ax = plot_similarity_sweep(sw, ax=axes[1, 1])
     assert len(ax.lines) == 1
     plt.close(fig)
+
+
+def _texts(labels):
+    return [t.get_text() for t in labels]
+
+
+def test_ar_law_plot_titles_labels_and_a_legend_of_what_is_drawn():
+    """Regression (issue 12): no title, models without points in the legend, the test and valid points at one
+    k unlabelled, '1.52x10^2'-style ticks over a narrow range, a fit drawn through 2 points."""
+    from analysis.law import ar_law, plot_ar_law
+
+    rows = []
+    for split, shift in (("test", 1.0), ("valid", 0.9)):
+        rows += [{"primary": "L", "k": k, "alpha_nll": shift * k ** 0.5} for k in (2.0, 4.0, 8.0)]
+        rows += [{"primary": "M", "k": k, "alpha_nll": shift * k} for k in (2.0, 4.0)]  # 2 points: no fit
+        rows += [{"primary": "N", "k": 3.0, "alpha_nll": float("nan")}]  # no optimum: nothing drawn
+        rows[-6:] = [{**r, "dataset": "wiki", "split": split, "k_from": "n_params_nonembed"} for r in rows[-6:]]
+    pts = pl.DataFrame(rows)
+    fits = ar_law(pts, metrics=("alpha_nll",))
+    fig, ax = plt.subplots(layout="constrained")
+    plot_ar_law(pts, fits, "alpha_nll", ax=ax)
+    fig.canvas.draw()
+    assert ax.get_title() == "AR law: α for NLL against k"
+    assert ax.get_xlabel() == "parameter ratio k = |A| / |B| (n_params_nonembed)"
+    assert "α" in ax.get_ylabel()
+    legend = ax.get_legend()
+    labels = _texts(legend.get_texts())
+    assert labels[:4] == ["primary L", "primary M", "test", "valid"]  # N has no point on a log axis
+    assert not any("N" in t for t in labels[:4])
+    fit_labels = [t for t in labels if t.startswith("fit ")]
+    assert [t.split(":")[0] for t in fit_labels] == ["fit L (test)", "fit L (valid)"]  # not M: 2 points
+    assert "p = 0.50" in fit_labels[0]
+    assert legend.get_title().get_text() == "no fit for M (fewer than 3 finite points)"
+    markers = {line.get_marker() for line in ax.lines if line.get_linestyle() == "None"}
+    assert {"o", "s"} <= markers  # the splits drawn with different markers
+    for tick in _texts(ax.get_xticklabels()) + _texts(ax.get_yticklabels()):  # narrow ranges: plain numbers
+        assert "10^" not in tick and "times" not in tick and "×" not in tick
+    assert {"2", "5"} <= set(_texts(ax.get_xticklabels()))
+    plt.close(fig)
+
+
+def test_interval_plot_names_pair_split_scope_and_units():
+    frame = pl.DataFrame({"statistic": ["dppl"] * 2, "scope": ["in-sample", "in-sample"], "primary": ["A"] * 2,
+                          "secondary": ["B"] * 2, "dataset": ["wiki"] * 2, "split": ["test", "valid"],
+                          "estimate": [-1.0, -0.8], "ci_lo": [-1.2, -1.1], "ci_hi": [-0.7, -0.5],
+                          "ci_unit": ["doc"] * 2, "ci_n_units": [300, 120], "level": [0.95] * 2})
+    fig, ax = plt.subplots()
+    plot_intervals(frame, "dppl", ax=ax)
+    assert _texts(ax.get_yticklabels()) == ["A + B, wiki/test, in-sample, 300 docs",
+                                           "A + B, wiki/valid, in-sample, 120 docs"]
+    assert ax.get_title() == "dppl: estimate and 95% bootstrap interval"
+    plt.close(fig)

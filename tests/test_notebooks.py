@@ -6,6 +6,7 @@ import nbformat
 import numpy as np
 import pytest
 
+from analysis.notebooks import NotebookError, execute_notebook, main
 from pipeline.store.synthetic import random_distributions, write_store_from_logprobs
 
 nbclient = pytest.importorskip("nbclient")
@@ -37,15 +38,28 @@ def test_outputs_are_stripped():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, stores, monkeypatch):
-    monkeypatch.setenv("ARCACHE_STORES", str(stores))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(path.parent)}})
-    client.execute()
+def test_notebook_runs(path, stores, tmp_path):
+    """What `make notebooks` runs: the notebook executes top to bottom on the stores and its executed copy,
+    outputs included, is written where the command says."""
+    out = execute_notebook(path, stores, tmp_path / "executed")
+    assert out == tmp_path / "executed" / path.name
+    nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
                    for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "big" in text  # the stores it was given were really read
+
+
+def test_a_failing_notebook_is_one_line_and_its_executed_copy_is_kept(stores, tmp_path):
+    bad = tmp_path / "bad.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os; x = os.environ['ARCACHE_STORES']"),
+                                         nbformat.v4.new_code_cell("1 / 0")])
+    nbformat.write(nb, bad)
+    out = tmp_path / "executed"
+    assert main(["--stores", str(stores), "--out", str(out), str(bad)]) == 1
+    kept = nbformat.read(out / "bad.ipynb", as_version=4)
+    assert kept.cells[1].outputs[0].ename == "ZeroDivisionError"
+    with pytest.raises(NotebookError, match=r"bad.ipynb: cell 1 raised ZeroDivisionError"):
+        execute_notebook(bad, stores, out)
+    assert main(["--stores", str(tmp_path / "missing"), str(bad)]) == 1  # no stores: said, nothing run

@@ -75,3 +75,45 @@ def test_plot_run_draws_every_pair_and_the_law(tmp_path):
     assert names == ["alpha_vs_k_synthetic_test.png", "pair_synthetic_test_big_vs_mid.png",
                      "pair_synthetic_test_big_vs_small.png", "pair_synthetic_test_mid_vs_small.png"]
     assert all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_pair_panels_titles_labels_and_legends(pair):
+    """Regression (issue 12): the pair's name repeated in every legend and a third title cut off; now the pair goes
+    in the figure title, each panel has a short title, axis labels say the unit, legends hold only what is drawn."""
+    import matplotlib.pyplot as plt
+
+    curve = relative_improvement_curve(pair.sweep(log_beta_grid(31)))
+    fig, axes = plt.subplots(1, 3, layout="constrained")
+    plots.improvement_vs_beta({"A+B": curve}, "ppl", ax=axes[0], optima={"A+B": 2.5})
+    plots.improvement_vs_beta({"A+B": curve}, "acc_lo", ax=axes[1])
+    plots.partition_flips(curve, ax=axes[2])
+    assert axes[0].get_ylabel() == "relative improvement in PPL (%)"
+    assert axes[1].get_ylabel() == "relative improvement in certified ACC (%)"
+    assert all(ax.get_xlabel().startswith("β = w / (1 − w)") for ax in axes)
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["exact optimum β = 2.5"]
+    assert axes[1].get_legend() is None  # one curve, no optimum: nothing to tell apart
+    assert len(axes[2].get_legend().get_texts()) == 3
+    assert all(ax.get_title() for ax in axes) and axes[2].get_ylabel().startswith("positions")
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("lo,hi,want", [(1.7, 9.5, {"2", "3", "4", "5", "6", "7", "8", "9"}),
+                                        (3.0, 60.0, {"5", "10", "20", "50"}),
+                                        (1e-3, 1e4, set())])
+def test_log_axis_ticks_are_plain_numbers_over_narrow_ranges(lo, hi, want):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([lo, hi], [lo, hi], "o")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plots.readable_log_axis(ax)
+    fig.canvas.draw()
+    ticks = {t.get_text() for t in ax.get_xticklabels() if t.get_text()}
+    minor = {t.get_text() for t in ax.get_xminorticklabels() if t.get_text()}
+    assert not minor  # no labelled minor ticks to overlap
+    if want:
+        assert want <= ticks and not any("10^" in t or "times" in t for t in ticks)
+    else:
+        assert all("10^" in t or "10^{" in t or t.startswith("$") for t in ticks)  # decades, as powers of ten
+    plt.close(fig)

@@ -22,7 +22,7 @@ def test_sweep_gains_seeded_bootstrap_intervals(tmp_path):
     frames = run(cfg)
     test = frames["pairs"].filter(pl.col("split") == "test").row(0, named=True)
     valid = frames["pairs"].filter(pl.col("split") == "valid").row(0, named=True)
-    assert test["bootstrap_unit"] == "doc"  # 'auto' with fewer than 100 blocks: documents
+    assert (test["ci_unit"], test["ci_n_units"]) == ("doc", 30)  # 'auto' with fewer than 100 blocks: documents
     for scope in ("insample", "heldout"):  # test has a validation split: held-out intervals
         for stat in ("dppl", "dbpc", "dacc_lo"):
             assert test[f"{scope}_{stat}_ci_lo"] <= test[f"{scope}_{stat}_ci_hi"]
@@ -34,14 +34,18 @@ def test_sweep_gains_seeded_bootstrap_intervals(tmp_path):
     assert again["pairs"].equals(frames["pairs"])  # seeded: identical
     md = render(frames, cfg)
     assert "95% bootstrap intervals" in md and "dppl (heldout)" in md
+    assert "| resampled |" in md
+    assert md.count("30 documents") == 2  # the unit and count beside both pairs' intervals
 
 
 def test_too_small_for_a_bootstrap_says_so(tmp_path):
     _stores(tmp_path / "s", n=150)
     cfg = AnalyzeSettings(stores=tmp_path / "s", out_dir=tmp_path / "r", n_resamples=200, bootstrap_unit="block")
     frames = run(cfg)
-    assert frames["pairs"]["bootstrap_note"].str.contains("at least 2").all()
-    assert "at least 2" in render(frames, cfg)
+    notes = frames["pairs"]["bootstrap_note"]
+    assert notes.str.contains("too few resampling units: 1 4,096-position block over 150 positions").all()
+    assert "needs at least 20" in render(frames, cfg)
+    assert not any(c.endswith("_ci_lo") for c in frames["pairs"].columns)  # no interval printed
 
 
 def test_a_family_is_one_vocabulary_whatever_the_tokenizer_names(tmp_path):
@@ -57,3 +61,40 @@ def test_a_family_is_one_vocabulary_whatever_the_tokenizer_names(tmp_path):
     assert frames["pairs"]["family"][0].endswith("(m-big, m-mid, m-small)")
     assert frames["pairs"]["flags"].to_list() == ["", "", ""]  # equal vocabularies: nothing to flag
     assert render(frames, cfg).count("### vocabulary") == 1
+
+
+def test_one_pair_one_interval_in_sweep_law_and_bootstrap(tmp_path):
+    """Regression: the sweep resampled documents (30 here) while analysis.law and analysis.bootstrap(pair)
+    resampled 4,096-position blocks, so one statistic had two different '95%' intervals. Now all three use
+    `choose_units`: the same unit, the same count and (same seed) the same interval."""
+    from analysis import Pair, bootstrap
+    from analysis.law import LawSettings
+    from analysis.law import run as law_run
+    from pipeline.store import open_store
+
+    _stores(tmp_path / "s")
+    sweep = run(AnalyzeSettings(stores=tmp_path / "s", out_dir=tmp_path / "sweep", n_resamples=100,
+                                write_sweeps=False))
+    law = law_run(LawSettings(stores=tmp_path / "s", out_dir=tmp_path / "law", n_resamples=100, rbp_ks=(1,),
+                              multi=False, plots=False))
+    pair = Pair(open_store(tmp_path / "s" / "test" / "big.zarr"), open_store(tmp_path / "s" / "test" / "small.zarr"))
+    row = sweep["pairs"].filter(pl.col("split") == "test").row(0, named=True)
+    direct = bootstrap(pair, n_resamples=100, seed=0, heldout_w=(row["heldout_w_nll"], row["heldout_w_acc"]))
+    lb = law["bootstrap"].filter(pl.col("split") == "test")
+    pts = law["points"].filter(pl.col("split") == "test").row(0, named=True)
+    for frame in (direct, lb):
+        assert set(frame["ci_unit"]) == {"doc"} and set(frame["ci_n_units"]) == {30}
+    assert (row["ci_unit"], row["ci_n_units"]) == (pts["ci_unit"], pts["ci_n_units"]) == ("doc", 30)
+    n_checked = 0
+    for r in direct.iter_rows(named=True):
+        scope = r["scope"].replace("-", "")
+        want = (r["ci_lo"], r["ci_hi"])
+        in_law = lb.filter((pl.col("scope") == r["scope"]) & (pl.col("statistic") == r["statistic"]))
+        assert (in_law["ci_lo"][0], in_law["ci_hi"][0]) == want
+        assert (pts[f"{scope}_{r['statistic']}_ci_lo"], pts[f"{scope}_{r['statistic']}_ci_hi"]) == want
+        if f"{scope}_{r['statistic']}_ci_lo" in row:
+            assert (row[f"{scope}_{r['statistic']}_ci_lo"], row[f"{scope}_{r['statistic']}_ci_hi"]) == want
+            n_checked += 1
+    assert n_checked == 12  # in-sample: 8 statistics; held-out: the 4 gains
+    md = (tmp_path / "law" / "law.md").read_text()
+    assert "| ci_unit | ci_n_units |" in md and "| doc | 30 |" in md

@@ -105,11 +105,30 @@ def _build(cls, d: dict[str, Any], group: str):
         raise ConfigError(f"config group '{group}': {e}") from None
 
 
+MISSING = "???"  # OmegaConf's mark of a required value nobody gave (to_container keeps it as this string)
+
+_HOW = {"model.name_or_path": "a local directory with config.json or a hub id (owner/name)",
+        "dataset.path": "the file to score (.txt, .jsonl, .json or .parquet)"}
+
+
+def _check_required(cfg: dict[str, Any]) -> None:
+    """A value left at '???' is reported as required, before anything reads it as a path or a name."""
+    for group in ("model", "dataset", "extract"):
+        for key, value in cfg[group].items():
+            if value == MISSING:
+                name = f"{group}.{key}"
+                raise ConfigError(f"{name} is required: pass {name}=<{_HOW.get(name, 'value')}>")
+    for key in ("store", "overwrite", "skip_existing"):
+        if cfg.get(key) == MISSING:
+            raise ConfigError(f"{key} is required: pass {key}=<value>")
+
+
 def run_spec_from_dict(cfg: dict[str, Any]) -> RunSpec:
     """cfg: the resolved config as a plain dict (OmegaConf.to_container(cfg, resolve=True))."""
     for key in ("model", "dataset", "extract"):
         if not isinstance(cfg.get(key), dict):
             raise ConfigError(f"config group '{key}' is missing: pass {key}=<name> or compose it")
+    _check_required(cfg)
     model = dict(cfg["model"])
     if not model.get("name"):
         # a bare model.name_or_path=DIR_OR_ID: name it after its last path component

@@ -4,16 +4,21 @@ For a chunk of P positions with final hidden states h (P, d), the LM head weight
 targets t (P,):
 
     z        = h W^T (+ b)                    (P, V) float32 logits; never bf16/fp16 (ties!)
-    m        = max_j z_j                      taken from top-K (the first top value), no extra pass
-    s        = sum_j exp(z_j - m)             lse = m + log s   (float32 logsumexp)
-    top-K    = topk(z) - lse                  ids most probable first
-    target   = z_t - lse; rank = #{j: z_j > z_t}; ties = #{j != t: z_j == z_t}
+    top-K+1  = topk(z, K + 1)                 m = the first (row max), c = the K-th, mt = the (K+1)-th
+    r        = sum_{j != argmax} exp(z_j - m)            s = 1 + r, log s = log1p(r)
+    target   = (z_t - m) - log s;  rank = #{j: z_j > z_t};  ties = #{j != t: z_j == z_t}
+    top-K    = (topv - m) - log s             ids most probable first
+    tail     = log(tail / s) = -softplus(log1p(r_top) - (mt - m) - log T),   T = sum_tail exp(z_j - mt)
     entropy  = log s - sum_j exp(z_j - m) (z_j - m) / s        (no cancellation: z - m <= 0)
-    tail     = log(sum_{j not in top-K} exp(z_j - m)) - log s  summed directly, never 1 - sum(top);
-               rows whose tail underflows are redone as a logsumexp over the tail's own maximum
 
-Top-K on raw logits minus the logsumexp is the cheapest order on CPU (DESIGN section 6). The
-positions are processed in chunks so a 152k vocabulary at context 2048 fits a 24 GB GPU.
+Every reduction (the logsumexp, the tail sum, the entropy) is accumulated in float64 from float64 exps of
+the exact differences z_j - m (two float32 values differ exactly in float64) and every log is taken in
+float64, so each stored float32 value is the float64 result rounded once: within half an ulp of float32
+(plus V * 2^-53 relative) of the exact value for these float32 logits, on CPU and CUDA alike (DESIGN
+section 3, "What exact and certified rest on"). r (not s) keeps near-certain rows exact (s = 1 + 1e-12);
+the tail is summed relative to its own maximum, so it never underflows and is never 1 - sum(top).
+On CPU one fused numba pass (`kernels.head_rows_f32`) does the sums, rank and ties; on CUDA torch does.
+The positions are processed in chunks so a 152k vocabulary at context 2048 fits a 24 GB GPU.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import NonFiniteLogitsError
-from .kernels import rank_ties
+from .kernels import head_rows
 
 ARRAY_NAMES = (
     "target_logprob",
@@ -36,9 +41,11 @@ ARRAY_NAMES = (
 
 
 def head_chunk_size(n_classes: int, memory_mb: float, device_type: str = "cuda") -> int:
-    """Positions per chunk so that the two (P, V) float32 work tensors fit in memory_mb; on CPU at
-    most 128 positions (measured fastest: the passes after the matmul stay in cache)."""
-    per_position = 2 * 4 * n_classes
+    """Positions per chunk so that the (P, V) work tensors fit in memory_mb: on CUDA the float32 logits, the
+    float64 differences and exps and the masks (24 B per class); on CPU the logits and the matmul's output (the
+    fused kernel needs none), at most 128 positions (measured fastest: the passes after the matmul stay in
+    cache)."""
+    per_position = (24 if device_type != "cpu" else 8) * n_classes
     cap = 128 if device_type == "cpu" else 4096
     return int(max(1, min(cap, (memory_mb * 2**20) // per_position)))
 
@@ -46,58 +53,39 @@ def head_chunk_size(n_classes: int, memory_mb: float, device_type: str = "cuda")
 @torch.no_grad()
 def score_logits(logits: torch.Tensor, targets: torch.Tensor, k: int, entropy: bool = True,
                  where: str = "") -> dict[str, torch.Tensor]:
-    """All position arrays from float32 logits (P, V); `logits` is overwritten (used as workspace).
+    """All position arrays from float32 logits (P, V); `logits` is not modified.
 
-    Returns float32 / int32 tensors on the logits' device; `where` names the positions in errors.
+    Returns float32 / int32 tensors on the logits' device; `where` names the positions in errors. The
+    float32 values are float64 results rounded once (see the module docstring).
     """
     if logits.dtype != torch.float32:
         raise TypeError(f"score_logits needs float32 logits, got {logits.dtype}")
     n_pos, n_classes = logits.shape
     tgt = targets.to(device=logits.device, dtype=torch.long).view(-1, 1)
-
-    topv, topi = torch.topk(logits, k, dim=1, largest=True, sorted=True)        # (P, K)
-    m = topv[:, :1]                                                            # (P, 1) row max
-    zt = logits.gather(1, tgt)                                                 # (P, 1) target logit
-    if logits.device.type == "cpu":  # one fused pass (numba); torch needs two passes + temporaries
-        r, t = rank_ties(logits.numpy(), zt.squeeze(1).numpy())
-        rank, ties = torch.from_numpy(r), torch.from_numpy(t)
-    else:
-        rank = (logits > zt).sum(1, dtype=torch.int32)
-        ties = (logits == zt).sum(1, dtype=torch.int32) - 1
-
-    z = logits.sub_(m)                                                         # z - m <= 0, in place
-    e = torch.exp(z)                                                           # (P, V)
-    s = e.sum(1)                                                               # (P,)
-    log_s = torch.log(s)
-    lse = m.squeeze(1) + log_s
+    has_tail = k < n_classes
+    # K + 1 values: the (K+1)-th is the tail's maximum, which the tail sum is taken relative to
+    topv, topi = torch.topk(logits, k + 1 if has_tail else k, dim=1, largest=True, sorted=True)
+    zt = logits.gather(1, tgt).squeeze(1)                                      # (P,) target logit
+    if has_tail:
+        kth, mt = topv[:, k - 1].contiguous(), topv[:, k].contiguous()
+    else:  # no tail: no logit is below -inf; sums relative to the row max (all terms masked out)
+        kth, mt = torch.full_like(zt, -torch.inf), topv[:, 0].contiguous()
+    rank, ties, n_gt, n_eq, tsum, usum = _row_sums(logits, zt, kth, mt)
+    red = _finish(topv[:, :k], zt, mt, k, has_tail, n_gt, n_eq, tsum, usum)
     out = {
-        "target_logprob": zt.squeeze(1) - lse,
+        "target_logprob": red["target_logprob"].to(torch.float32),
         "target_rank": rank,
         "target_ties": ties,
-        "topk_ids": topi.to(torch.int32),
-        "topk_logprobs": topv - lse.unsqueeze(1),
+        "topk_ids": topi[:, :k].to(torch.int32),
+        "topk_logprobs": red["topk_logprobs"].to(torch.float32),
+        "tail_logmass": red["tail_logmass"].to(torch.float32),
     }
     if entropy:
-        ez = torch.linalg.vecdot(e, z)                                         # sum_j e_j (z_j - m)
-        out["entropy"] = log_s - ez / s
-    if k < n_classes:
-        e.scatter_(1, topi, 0.0)
-        tail = e.sum(1)
-        out["tail_logmass"] = torch.log(tail) - log_s
-        # exp(z - m) underflows below ~e^-87 (denormals to e^-103): redo the rare tiny tails as a
-        # logsumexp over their own maximum so they stay finite and exact
-        tiny = (tail < 1e-30).nonzero().squeeze(1)
-        if len(tiny):
-            zr = z[tiny].scatter_(1, topi[tiny], -torch.inf)
-            out["tail_logmass"][tiny] = torch.logsumexp(zr, 1) - log_s[tiny]
-    else:
-        out["tail_logmass"] = torch.full((n_pos,), -torch.inf, device=logits.device)
+        out["entropy"] = red["entropy"].to(torch.float32)
 
-    # Any NaN or +-inf logit makes m, s or the entropy non-finite (0 * -inf = nan): checked on the
-    # reductions, not with another pass over (P, V).
-    bad = ~(torch.isfinite(m.squeeze(1)) & torch.isfinite(s) & torch.isfinite(zt.squeeze(1)))
-    if entropy:
-        bad |= ~torch.isfinite(out["entropy"])
+    # Any NaN or +-inf logit makes the max, the sums or the entropy's numerator non-finite (0 * inf = nan
+    # where a term is masked): checked on the reductions, not with another pass over (P, V).
+    bad = ~(torch.isfinite(red["m"]) & torch.isfinite(red["r"]) & torch.isfinite(red["num"]) & torch.isfinite(zt))
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
         raise NonFiniteLogitsError(
@@ -106,6 +94,58 @@ def score_logits(logits: torch.Tensor, targets: torch.Tensor, k: int, entropy: b
             "check the weights, or report the input window"
         )
     return out
+
+
+def _row_sums(logits, zt, kth, mt):
+    """(rank, ties, n_gt, n_eq, tsum, usum) per row, see `kernels.head_rows_f32`."""
+    if logits.device.type == "cpu":
+        return _row_sums_cpu(logits, zt, kth, mt)
+    return _row_sums_torch(logits, zt, kth, mt)
+
+
+def _row_sums_cpu(logits, zt, kth, mt):
+    """One fused numba pass (torch needs several passes and (P, V) temporaries)."""
+    return tuple(torch.from_numpy(x) for x in head_rows(logits.numpy(), zt.numpy(), kth.numpy(), mt.numpy()))
+
+
+def _row_sums_torch(logits, zt, kth, mt):
+    """The same sums with torch reductions (CUDA; on CPU only in tests): float64 exp and sums."""
+    i32 = torch.int32
+    rank = (logits > zt[:, None]).sum(1, dtype=i32)
+    ties = (logits == zt[:, None]).sum(1, dtype=i32) - 1
+    n_gt = (logits > kth[:, None]).sum(1, dtype=i32)
+    n_eq = (logits == kth[:, None]).sum(1, dtype=i32)
+    d = logits.to(torch.float64).sub_(mt.to(torch.float64)[:, None])        # exact: z - mt of two float32
+    p = torch.exp(d).masked_fill_(~(logits < kth[:, None]), 0.0)              # the tail only (NaN -> 0)
+    return rank, ties, n_gt, n_eq, p.sum(1), torch.linalg.vecdot(p, d)
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) to full relative precision for every x (torch's cuts over to x at x > 20)."""
+    return x.clamp(min=0.0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def _finish(topv, zt, mt, k, has_tail, n_gt, n_eq, tsum, usum) -> dict[str, torch.Tensor]:
+    """float64 log-probs, tail and entropy from the top-K values and the tail sums (module docstring)."""
+    f64 = torch.float64
+    m = topv[:, 0].to(f64)
+    top = topv.to(f64) - m[:, None]                                            # z - m <= 0, exact
+    e_top = torch.exp(top)
+    r_top = e_top[:, 1:].sum(1)                                                # s = 1 + r: log s = log1p(r)
+    num = torch.linalg.vecdot(e_top, top)                                      # sum e (z - m) <= 0
+    r = r_top
+    if has_tail:
+        t = tsum.to(f64) + (n_eq - (k - n_gt)).clamp(min=0).to(f64)           # + the K-th value's ties left out
+        dm = mt.to(f64) - m
+        scale = torch.exp(dm)                                                  # may underflow: tail negligible
+        r = r_top + scale * t
+        num = num + scale * (usum.to(f64) + dm * t)
+        tail = -_softplus(torch.log1p(r_top) - dm - torch.log(t))              # log(tail / s), no cancellation
+    else:
+        tail = torch.full_like(m, -torch.inf)
+    log_s = torch.log1p(r)
+    return {"m": m, "r": r, "num": num, "target_logprob": (zt.to(f64) - m) - log_s,
+            "topk_logprobs": top - log_s[:, None], "tail_logmass": tail, "entropy": log_s - num / (1.0 + r)}
 
 
 @torch.no_grad()
@@ -131,7 +171,7 @@ def score_logits_chunked(logits: torch.Tensor, targets: torch.Tensor, k: int, en
     """Fallback path for models whose logits are not a plain linear head: logits (P, V) any dtype."""
     parts = []
     for lo in range(0, logits.shape[0], chunk):
-        z = logits[lo:lo + chunk].to(torch.float32, copy=True)
+        z = logits[lo:lo + chunk].to(torch.float32)  # score_logits leaves it unmodified: no copy
         parts.append(score_logits(z, targets[lo:lo + chunk], k, entropy, f"{where}+{lo}"))
     return _to_numpy(parts)
 

@@ -96,6 +96,71 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# Files that determine what a model directory computes: weights, tokenizer, architecture.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model",
+                    "sentencepiece.bpe.model", "config.json")
+
+
+_CACHE_MIN_BYTES = 64 << 20  # smaller files hash in well under a second: not worth a cache entry
+
+
+def _fingerprint_cache() -> Path:
+    root = os.environ.get("ARCACHE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arcache"
+    return Path(root) / "file-sha256.json"
+
+
+def _cached_sha256(path: Path, cache: dict) -> str:
+    """sha256 of a file's bytes, remembered by (path, size, mtime, ctime, inode): a rewritten file changes ctime."""
+    st = path.stat()
+    if st.st_size < _CACHE_MIN_BYTES:
+        return _sha256_file(path)
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+    if key not in cache:
+        cache[key] = _sha256_file(path)
+    return cache[key]
+
+
+def directory_fingerprint(directory: Path) -> str:
+    """sha256 over the weight, tokenizer and config files of a model directory (names, sizes, contents), so a
+    model retrained or replaced in the same directory gets another fingerprint. Large files are hashed once
+    per (size, mtime, ctime, inode), the result (of files >= 64 MiB) cached under $ARCACHE_CACHE_DIR (default ~/.cache/arcache)."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.iterdir() if p.is_file() and
+                   (p.name in _TOKENIZER_FILES or p.name.endswith(_WEIGHT_SUFFIXES)))
+    cache_file = _fingerprint_cache()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    n_before = len(cache)
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.name}\0{p.stat().st_size}\0{_cached_sha256(p, cache)}\n".encode())
+    if len(cache) != n_before:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass  # a cache only: hashing again next time is correct, just slower
+    return "sha256:" + h.hexdigest()
+
+
+def model_fingerprint(src: str, config, extra: dict) -> str | None:
+    """What identifies the loaded weights and tokenizer: the GGUF file's sha256, the files of a local
+    directory, or the resolved commit of a hub download (None if the hub gave no commit)."""
+    if extra.get("gguf_sha256"):
+        return "gguf:" + extra["gguf_sha256"]
+    local = Path(src).expanduser()
+    if local.is_dir():
+        return directory_fingerprint(local)
+    commit = getattr(config, "_commit_hash", None)
+    return f"hub-commit:{commit}" if commit else None
+
+
 def dequantised_gguf(directory: Path, gguf_file: str, cache_dir: Path) -> tuple[Path, dict]:
     """Dequantise a GGUF model once to float32 safetensors under cache_dir; later loads read the cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -252,6 +317,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         "n_classes": n_classes,
         "trust_remote_code": spec.trust_remote_code,
         **({"gguf_sha256": extra["gguf_sha256"]} if extra else {}),
+        "fingerprint": model_fingerprint(src, config, extra),
     }
     tok_info = {"name": getattr(tokenizer, "name_or_path", spec.name_or_path), "class": type(tokenizer).__name__,
                 "vocab_size": len(tokenizer), "vocab_hash": vocab_hash(tokenizer),

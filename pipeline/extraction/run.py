@@ -11,6 +11,7 @@ and its `metrics` are the task's (pipeline.store.tasks.task_metrics), the token-
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ import platform
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -32,12 +34,22 @@ from ..store import (
     setting_tag,
     store_path,
 )
+from ..store.lock import WriterLock
 from ..store.tasks import check_tables, task_metrics
+from ..store.writer import store_kind
 from .config import RunSpec
 from .datasets import Documents, load_documents
-from .errors import ConfigError, ContextTooLongError, EmptyDatasetError
+from .errors import (
+    ConfigError,
+    ContextTooLongError,
+    DatasetNotFoundError,
+    EmptyDatasetError,
+    ModelNotFoundError,
+)
 from .head import head_chunk_size, score_hidden, score_logits_chunked
-from .models import LoadedModel, load_model
+from .models import LoadedModel, load_model, package_dir, resolve_device, resolve_dtype
+from .models import _looks_local as looks_local
+from .models import _max_length as max_length_of
 from .stream import Protocol, TokenStream, Windows, build_stream
 from .tasks import TaskData, TaskStream, build_task_stream, is_task, load_task, task_protocol
 
@@ -116,10 +128,11 @@ def provenance(spec: RunSpec, lm: LoadedModel, docs: Documents | TaskData, strea
 
 
 def setting_hash(attrs: dict) -> str:
-    """Everything that determines the arrays (not the run's time, git state or output path)."""
+    """Everything that determines the arrays (not the run's time, git state or output path), the model's
+    weights and tokenizer included (`fingerprint`), so a partial store of other weights is never resumed."""
     m = attrs["model"]
     keyed = {"model": {k: m.get(k) for k in ("name_or_path", "revision", "gguf_file", "gguf_sha256", "dtype",
-                                             "quantization", "device", "head_path", "n_classes")},
+                                             "quantization", "device", "head_path", "n_classes", "fingerprint")},
              "tokenizer": attrs["tokenizer"]["vocab_hash"],
              "dataset": {k: attrs["dataset"].get(k) for k in ("text_sha256", "split", "name")},
              "protocol": attrs["protocol"]}
@@ -128,8 +141,8 @@ def setting_hash(attrs: dict) -> str:
     return config_hash(keyed)
 
 
-def default_store(spec: RunSpec, lm: LoadedModel, p: Protocol, K: int) -> Path:
-    tag = setting_tag(p.context_length, p.stride, K, spec.extract.logprob_dtype, lm.info["dtype"],
+def default_store(spec: RunSpec, model_dtype: str, p: Protocol, K: int) -> Path:
+    tag = setting_tag(p.context_length, p.stride, K, spec.extract.logprob_dtype, model_dtype,
                       spec.model.quantization, p.scoring)
     if is_task(spec.dataset):  # e.g. '-gpt2' / '-wholequery' for CBT: two protocols never share a path
         tag += "-" + task_protocol(spec.dataset).replace("_", "")
@@ -196,10 +209,101 @@ def _metrics(tlp: np.ndarray, correct: np.ndarray, n_chars: np.ndarray, n_bytes:
             "acc": blocked(correct) / n, "n_chars": int(chars), "n_bytes": int(nbytes)}
 
 
+def preflight(spec: RunSpec) -> None:
+    """Settings checked before anything slow loads: the model's source, the dataset's path."""
+    m = spec.model
+    src = str(package_dir(m.name_or_path)) if m.name_or_path.startswith("package:") else m.name_or_path
+    local = Path(src).expanduser()
+    if m.gguf_file:
+        if not (local / m.gguf_file).is_file():
+            raise ModelNotFoundError(f"GGUF file {local / m.gguf_file} not found: check model.name_or_path and "
+                                     "model.gguf_file")
+    elif looks_local(src) and not local.exists():
+        raise ModelNotFoundError(f"model.name_or_path={m.name_or_path!r}: no such directory; give an existing "
+                                 "directory with config.json, or a hub id (owner/name)")
+    elif local.is_dir() and not (local / "config.json").exists():
+        raise ModelNotFoundError(f"model directory {local} has no config.json: is it a save_pretrained directory?")
+    ds = spec.dataset
+    if ds.loader == "text_file" and not ds.path:
+        raise ConfigError("dataset.path is required with dataset=text_file: pass dataset.path=<file.txt|.jsonl|.parquet>")
+    if ds.path and not Path(ds.path).expanduser().exists():
+        raise DatasetNotFoundError(f"dataset.path={ds.path} does not exist: check the path")
+
+
+def _peek_model(spec: RunSpec) -> tuple[int | None, int] | None:
+    """(max_length, vocab_size) from the model's config.json when it is on disk (a local directory, or a hub
+    download in the local cache), without loading the model; None when it is not."""
+    m = spec.model
+    if m.gguf_file:
+        return None
+    src = str(package_dir(m.name_or_path)) if m.name_or_path.startswith("package:") else m.name_or_path
+    local = Path(src).expanduser()
+    file = local / "config.json" if local.is_dir() else None
+    if file is None and not looks_local(src):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(src, "config.json", revision=m.revision)
+            file = Path(found) if isinstance(found, str) else None
+        except Exception:  # noqa: BLE001  only a shortcut: the path is computed again after loading
+            file = None
+    try:
+        cfg = json.loads(file.read_text()) if file is not None else None
+    except (OSError, ValueError):
+        cfg = None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("vocab_size"), int):
+        return None
+    return max_length_of(SimpleNamespace(**cfg), m.max_length), cfg["vocab_size"]
+
+
+def early_store_path(spec: RunSpec) -> Path | None:
+    """The store path, known before the model loads: store= itself, or the default path computed from the
+    model's config.json (the model's logit width and maximum context come from there). None if that is not
+    on disk (a hub model not downloaded yet, a GGUF file): the lock is then taken after the model loads."""
+    if spec.store:
+        return Path(spec.store)
+    peek = _peek_model(spec)
+    if peek is None:
+        return None
+    max_length, vocab = peek
+    protocol = resolve_protocol(spec, max_length)
+    dtype = str(resolve_dtype(spec.model.dtype, resolve_device(spec.model.device))).replace("torch.", "")
+    return default_store(spec, dtype, protocol, min(spec.extract.top_k, vocab))
+
+
+def _take(path: Path, spec: RunSpec) -> WriterLock:
+    """Refuse a path that is not a store of this project, lock it, refuse a complete store (unless told)."""
+    store_kind(path)
+    lock = WriterLock.for_store(path)
+    lock.acquire()
+    try:
+        if not (spec.overwrite or spec.skip_existing):
+            _complete_store(path, None)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 def extract(spec: RunSpec, lm: LoadedModel | None = None):
-    """Run one extraction to a complete store; returns the opened Store."""
-    if spec.store and not (spec.overwrite or spec.skip_existing):
-        _complete_store(Path(spec.store), None)  # refuse before loading anything
+    """Run one extraction to a complete store; returns the opened Store.
+
+    Everything that can fail fast does so before the data and the model load: the model and dataset paths
+    (preflight), the store path (not a store of this project: NotAStoreError; complete: StoreExistsError) and
+    its writer lock (another writer: StoreLockedError). The lock is held from then on until the store is done.
+    """
+    if lm is None:
+        preflight(spec)
+    early = early_store_path(spec) if lm is None else None
+    lock = _take(early, spec) if early is not None else None
+    try:
+        return _extract(spec, lm, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _extract(spec: RunSpec, lm: LoadedModel | None, lock: WriterLock | None):
     task = load_task(spec.dataset) if is_task(spec.dataset) else None
     if task is not None and spec.extract.max_positions:
         raise ConfigError(f"extract.max_positions would cut task {spec.dataset.name!r} inside an item; cap whole "
@@ -209,9 +313,22 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
     lm = lm or load_model(spec.model)
     protocol = resolve_protocol(spec, lm.max_length)
     K = min(spec.extract.top_k, lm.n_classes)
-    path = Path(spec.store) if spec.store else default_store(spec, lm, protocol, K)
-    if not (spec.overwrite or spec.skip_existing):
-        _complete_store(path, None)
+    path = Path(spec.store) if spec.store else default_store(spec, lm.info["dtype"], protocol, K)
+    if lock is not None and lock.lock_file.parent != path:
+        # the model's config.json promised another width or context than the loaded model has
+        log.info("the store path is %s, not %s as predicted from config.json; locking it now", path,
+                 lock.lock_file.parent)
+        lock.release()
+        lock = None
+    if lock is None:
+        lock = _take(path, spec)
+    try:
+        return _write(spec, lm, task, docs, protocol, K, path, lock)
+    finally:
+        lock.release()  # idempotent: the caller's release of the early lock is then a no-op
+
+
+def _write(spec: RunSpec, lm: LoadedModel, task, docs, protocol: Protocol, K: int, path: Path, lock: WriterLock):
     ts: TaskStream | None = None
     if task is not None:
         ts = build_task_stream(task, lm.tokenizer, protocol, lm.bos_id)
@@ -242,7 +359,7 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
     optional = (("entropy",) if spec.extract.entropy else ()) + (("item_id", "option_id") if ts is not None else ())
     writer = StoreWriter(path, n_positions=N, top_k=spec.extract.top_k, n_classes=lm.n_classes, logprob_dtype=spec.extract.logprob_dtype,
                          attrs=attrs, setting_hash=setting_hash(attrs), chunk_size=spec.extract.chunk_size,
-                         overwrite=spec.overwrite, optional=optional)
+                         overwrite=spec.overwrite, optional=optional, lock=lock)
     with writer:
         write_tables(writer, lm, spec.extract)
         for name, table in (ts.tables if ts is not None else {}).items():

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..logs import warn_once
 from .errors import ConfigError, EmptyDatasetError
 
 log = logging.getLogger(__name__)
@@ -170,9 +171,10 @@ def _encode(tokenizer, texts: list[str]):
     return enc["input_ids"], enc["offset_mapping"]
 
 
-def _round_trip(tokenizer, ids: list[list[int]], texts: list[str]) -> bool:
+def _round_trip(tokenizer, ids: list[list[int]], texts: list[str]) -> int:
+    """How many texts do not come back from decode(encode(text))."""
     dec = tokenizer.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    return all(x == y for x, y in zip(dec, texts))
+    return sum(x != y for x, y in zip(dec, texts))
 
 
 def check_tokenizer(tokenizer, protocol: Protocol, bos_id: int | None) -> None:
@@ -195,7 +197,7 @@ def build_stream(docs: Sequence[str], tokenizer, protocol: Protocol, bos_id: int
     segments: list[Segment] = []
     if protocol.scoring == "independent":
         ids, offs = _encode(tokenizer, docs)
-        exact = _round_trip(tokenizer, ids, docs)
+        n_inexact = _round_trip(tokenizer, ids, docs)
         n_text = 0
         for k, (tok, off, text) in enumerate(zip(ids, offs, docs)):
             if not tok:
@@ -213,7 +215,7 @@ def build_stream(docs: Sequence[str], tokenizer, protocol: Protocol, bos_id: int
         text = protocol.separator.join(docs)
         starts = np.cumsum([0] + [len(x) + len(protocol.separator) for x in docs[:-1]])
         (tok,), (off,) = _encode(tokenizer, [text])
-        exact = _round_trip(tokenizer, [tok], [text])
+        n_inexact = _round_trip(tokenizer, [tok], [text])
         tok = np.asarray(tok, dtype=np.int64)
         ends = np.asarray([o[1] for o in off], dtype=np.int64)
         # a token belongs to the document containing its last character; a separator counts with the
@@ -233,9 +235,12 @@ def build_stream(docs: Sequence[str], tokenizer, protocol: Protocol, bos_id: int
         nc, nb = _spans(ends, scored, len(text), _byte_offsets(text))
         n_text = int(nc.sum())
         segments.append(Segment(tok, scored, nc, nb, doc))
+    exact = n_inexact == 0
     if not exact:
-        log.warning("decode(encode(text)) != text for some documents: n_chars/n_bytes follow the "
-                    "tokenizer's offsets and are approximate where it normalises text")
+        warn_once(log, "round_trip", "decode(encode(text)) != text for %d of %d texts (tokenizer %s): "
+                  "n_chars/n_bytes follow the tokenizer's offsets and are approximate where it normalises text",
+                  n_inexact, len(docs) if protocol.scoring == "independent" else 1,  # joined: one text
+                  getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
     stream = TokenStream(segments, protocol, exact, n_text)
     if sum(int(s.scored.sum()) for s in segments) == 0:
         raise EmptyDatasetError(

@@ -1,10 +1,13 @@
 """The logit-cache store (DESIGN.md section 2): schema, writer, reader, alignment. Torch-free."""
 
 from .align import Alignment, align
+from .digests import check_digests, chunk_digests
 from .errors import (
     CorruptStoreError,
     IncompatiblePairError,
     IncompleteStoreError,
+    MetadataMismatchError,
+    MissingChunkError,
     SchemaError,
     StoreError,
     StoreExistsError,
@@ -24,5 +27,5 @@ __all__ = [
     "StoreError", "StoreExistsError", "StoreLockedError", "StoreNotFoundError", "UnknownSchemaError",
     "config_hash", "stream_hash", "setting_tag", "store_path", "Store", "TruncatedStore", "open_store",
     "DEFAULT_CHUNK_SIZE", "POSITION_ARRAYS", "SCHEMA_VERSION", "VerifyReport", "find_stores", "verify_store",
-    "StoreWriter",
+    "StoreWriter", "MetadataMismatchError", "MissingChunkError", "check_digests", "chunk_digests",
 ]

@@ -32,7 +32,22 @@ class StoreLockedError(StoreError):
 
 
 class CorruptStoreError(StoreError):
-    """A chunk is missing or fails its checksum, or the token-stream hash does not match the arrays."""
+    """A chunk is missing or fails its checksum, metadata is unparsable or disagrees with the arrays, or a digest
+    or the token-stream hash does not match. ``array``, ``chunk`` and ``file`` name the damaged part when known."""
+
+    def __init__(self, message: str, *, array: str | None = None, chunk: int | None = None, file=None):
+        super().__init__(message)
+        self.array = array
+        self.chunk = chunk
+        self.file = file
+
+
+class MissingChunkError(CorruptStoreError):
+    """A chunk the metadata promises has no file (Zarr would read it as fill values)."""
+
+
+class MetadataMismatchError(CorruptStoreError):
+    """The store's metadata disagrees with its arrays (K and the list width, dtypes, shapes, chunking)."""
 
 
 class IncompatiblePairError(StoreError):
@@ -43,3 +58,12 @@ class IncompatiblePairError(StoreError):
         self.field = field
         self.value_a = value_a
         self.value_b = value_b
+
+
+class NotAStoreError(StoreError):
+    """A path a writer or `stores rm` would delete is neither a store of this project nor an empty directory."""
+
+
+class SettingMismatchError(StoreExistsError):
+    """A partial store at the path was written with another setting (other model weights, tokenizer, data or
+    protocol), so it cannot be resumed."""

@@ -16,6 +16,8 @@ import time
 import torch
 from tqdm import tqdm
 
+from .config import TrainConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -72,7 +74,7 @@ def train_blocks(model, ids: torch.Tensor, *, epochs: int, batch_size: int, grad
                  seed: int, max_steps: int | None = None, progress: bool = True) -> list[float]:
     n_blocks = ids.numel() // max_length
     if n_blocks < batch_size:
-        raise ValueError(f"{ids.numel()} training tokens make {n_blocks} blocks of {max_length}; need at least "
+        raise TrainConfigError(f"{ids.numel()} training tokens make {n_blocks} blocks of {max_length}; need at least "
                          f"batch_size={batch_size}: lower max_length or add data")
     blocks = ids[: n_blocks * max_length].view(n_blocks, max_length)
     steps_per_epoch = n_blocks // (batch_size * grad_accum) or 1

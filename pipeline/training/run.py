@@ -117,6 +117,6 @@ def train(spec: TrainSpec, dataset_spec, out: Path, overwrite: bool = False, res
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)  # the directory appears complete or not at all
-    log.info("%s: %d parameters (%d non-embedding), final train loss %.3f, %.0fs -> %s", spec.name, total,
-             nonembed, losses[-1], seconds, out)
+    log.info("%s: %d parameters (%d non-embedding), final train loss %.3f, %.0fs; model saved to %s", spec.name,
+             total, nonembed, losses[-1], seconds, out)
     return out

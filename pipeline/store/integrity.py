@@ -1,0 +1,166 @@
+"""Is a store whole? The checks every open runs: metadata parses and agrees with the arrays, and every chunk the
+metadata promises has a file.
+
+Zarr reads a chunk without a file as fill values, silently, so a deleted chunk file would otherwise turn into
+zeros in the analysis. These checks list files (one stat per chunk), they read no data: corrupt bytes are found
+by the checksums when read, and swapped or altered chunks by `verify` against the recorded digests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CorruptStoreError, MetadataMismatchError, MissingChunkError
+from .schema import LOGPROB_DTYPES, POSITION_ARRAYS, array_dtype
+
+DIGESTS_ATTR = "chunk_digests"
+_POSITIVE_INTS = ("n_positions", "top_k", "n_classes", "chunk_size")
+
+
+def chunk_file(store_dir, name: str, arr, coords) -> Path:
+    """The file holding the chunk at grid ``coords`` of array ``name``."""
+    return Path(store_dir) / name / arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
+
+
+def chunk_grid(arr, rows: int | None = None) -> Iterator[tuple[int, ...]]:
+    """Grid coordinates of the chunks of ``arr`` (C order); with ``rows``, only those holding rows < rows."""
+    shape = list(arr.cdata_shape)
+    if rows is not None and shape:
+        shape[0] = min(shape[0], math.ceil(rows / arr.chunks[0]))
+    return np.ndindex(*shape)
+
+
+def chunk_slices(arr, coords) -> tuple[slice, ...]:
+    return tuple(slice(c * n, min((c + 1) * n, s)) for c, n, s in zip(coords, arr.chunks, arr.shape))
+
+
+def open_array(path: Path, group, name: str):
+    """``group[name]``, with a typed error naming the file when its metadata is absent or unparsable."""
+    meta = Path(path) / name / "zarr.json"
+    try:
+        return group[name]
+    except KeyError:
+        raise MetadataMismatchError(f"{path}: array {name!r} is listed in the store's attributes but has no "
+                                    f"metadata ({meta} missing); the store is damaged: re-extract it",
+                                    array=name, file=meta) from None
+    except Exception as e:  # JSONDecodeError, a bad dtype or codec: any failure to parse is damage
+        raise CorruptStoreError(f"{path}: cannot parse {meta} ({type(e).__name__}: {e}); the store is damaged: "
+                                "re-extract it", array=name, file=meta) from e
+
+
+def attr_problems(path: Path, attrs: dict) -> list[CorruptStoreError]:
+    """Header attributes of the wrong type (an edited zarr.json): n_positions, top_k, ... must be positive ints."""
+    problems = []
+    for key in _POSITIVE_INTS:
+        v = attrs[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            problems.append(MetadataMismatchError(f"{path}: attribute {key!r} is {v!r}, not a positive integer; "
+                                                  "the metadata is damaged: re-extract the store", file=path / "zarr.json"))
+    if attrs["logprob_dtype"] not in LOGPROB_DTYPES:
+        problems.append(MetadataMismatchError(f"{path}: attribute 'logprob_dtype' is {attrs['logprob_dtype']!r}, "
+                                              f"not one of {LOGPROB_DTYPES}", file=path / "zarr.json"))
+    if not isinstance(attrs["arrays"], list) or not all(isinstance(n, str) for n in attrs["arrays"]):
+        problems.append(MetadataMismatchError(f"{path}: attribute 'arrays' is {attrs['arrays']!r}, not a list of names",
+                                              file=path / "zarr.json"))
+    return problems
+
+
+def layout_problems(path: Path, group, attrs: dict, n_valid: int) -> list[CorruptStoreError]:
+    """Every disagreement between the metadata and the arrays, and every missing chunk file, as typed errors.
+
+    Position arrays must have shape (n_positions,) or (n_positions, top_k), the schema's dtype, chunks of
+    chunk_size rows, and a file for each chunk holding one of the first ``n_valid`` positions. A table's chunk
+    must have a file when the digests recorded at completion say it had one (an all-fill table chunk is not
+    stored by Zarr, so older stores cannot tell).
+    """
+    path = Path(path)
+    problems = attr_problems(path, attrs)
+    if problems:
+        return problems
+    n, k, cs = attrs["n_positions"], attrs["top_k"], attrs["chunk_size"]
+    names = list(attrs["arrays"])
+    for name, spec in POSITION_ARRAYS.items():
+        if spec.required and name not in names:
+            problems.append(MetadataMismatchError(f"{path}: required array {name!r} is not listed in the store's "
+                                                  "attributes", array=name))
+    for name in names:
+        spec = POSITION_ARRAYS.get(name)
+        if spec is None:
+            problems.append(MetadataMismatchError(f"{path}: unknown position array {name!r} listed", array=name))
+            continue
+        try:
+            arr = open_array(path, group, name)
+        except CorruptStoreError as e:
+            problems.append(e)
+            continue
+        wrong = _array_problems(path, name, arr, spec, n, k, cs, attrs["logprob_dtype"])
+        problems += wrong if wrong else missing_chunks(path, name, arr, n_valid)
+    digests = attrs.get(DIGESTS_ATTR)
+    for name in attrs.get("tables", []) if isinstance(attrs.get("tables"), list) else []:
+        try:
+            arr = open_array(path, group, name)
+        except CorruptStoreError as e:
+            problems.append(e)
+            continue
+        recorded = digests.get(name) if isinstance(digests, dict) else None
+        if isinstance(recorded, list):
+            problems += missing_chunks(path, name, arr, None, only={i for i, d in enumerate(recorded) if d is not None})
+    return problems
+
+
+def _array_problems(path, name, arr, spec, n, k, cs, logprob_dtype) -> list[CorruptStoreError]:
+    want_shape = (n, k) if spec.per_class else (n,)
+    want_chunks = (cs, k) if spec.per_class else (cs,)
+    want_dtype = np.dtype(array_dtype(spec, logprob_dtype))
+    out = []
+    if spec.per_class and len(arr.shape) == 2 and arr.shape[0] == n and arr.shape[1] != k:
+        out.append(MetadataMismatchError(f"{path}: attribute top_k = {k} but {name!r} holds lists of width "
+                                         f"{arr.shape[1]}; the metadata was edited or damaged: re-extract the store",
+                                         array=name))
+    elif arr.shape != want_shape:
+        out.append(MetadataMismatchError(f"{path}: array {name!r} has shape {arr.shape}, but n_positions = {n} and "
+                                         f"top_k = {k} make it {want_shape}", array=name))
+    if arr.dtype != want_dtype:
+        out.append(MetadataMismatchError(f"{path}: array {name!r} has dtype {arr.dtype}, the schema (logprob_dtype = "
+                                         f"{logprob_dtype}) says {want_dtype}; its metadata was edited or damaged",
+                                         array=name))
+    if tuple(arr.chunks) != want_chunks and not out:
+        out.append(MetadataMismatchError(f"{path}: array {name!r} has chunks {arr.chunks}, but chunk_size = {cs} "
+                                         f"makes them {want_chunks}", array=name))
+    return out
+
+
+def missing_chunks(path, name: str, arr, rows: int | None, only=None) -> list[MissingChunkError]:
+    """A MissingChunkError per chunk (rows < ``rows``; of flat indices ``only`` if given) without a file."""
+    out = []
+    for i, coords in enumerate(chunk_grid(arr, rows)):
+        if only is not None and i not in only:
+            continue
+        f = chunk_file(path, name, arr, coords)
+        if not f.is_file():
+            out.append(MissingChunkError(describe_missing(path, name, arr, coords, f), array=name, chunk=i, file=f))
+    return out
+
+
+def describe_missing(path, name: str, arr, coords, f: Path) -> str:
+    rows = chunk_slices(arr, coords)[0] if coords else slice(0, 0)
+    along_rows = all(n == 1 for n in arr.cdata_shape[1:])  # position arrays: chunk i holds rows i*chunk_size..
+    label = coords[0] if along_rows and coords else tuple(int(c) for c in coords)
+    return (f"{path}: array {name!r} lacks chunk {label} (rows "
+            f"{rows.start}..{rows.stop}, file {f} missing); it would read as fill values. The store is damaged: "
+            "re-extract it")
+
+
+def raise_first(problems: list[CorruptStoreError], path) -> None:
+    """Raise the first problem, saying how many more there are."""
+    if not problems:
+        return
+    first = problems[0]
+    if len(problems) > 1:
+        msg = f"{first} (and {len(problems) - 1} more problems: run `python -m pipeline.stores verify {path}`)"
+        raise type(first)(msg, array=first.array, chunk=first.chunk, file=first.file) from first
+    raise first

@@ -1,0 +1,236 @@
+"""The exact NLL optimum and improvement domain (analysis.optimum.nll_optimum) against mpmath.
+
+The reference shares no code with the kernels: L(w) = -sum log(w a + (1 - w) b) and its derivative are summed in
+60-digit arithmetic from the same float64 a, b, and the roots are found by bisection in w (120 halvings: 1e-36). The
+tolerances follow the conditioning of the float64 sums: a root v* (or v_D) of a sum of terms r_s = (b - a)/a whose
+total is small against sum |r_s| is only as precise as eps * sum |r| / |sum r| (rounding of r_s alone moves it that
+much); each case asserts that this bound is below the tolerance used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from analysis import Pair
+from analysis.data import MemoryStore, PairData
+from analysis.metrics import nll_sums
+from analysis.optimum import nll_optimum
+from pipeline.store.synthetic import arrays_from_logprobs
+
+DPS = 60
+EPS = 2.0**-53
+
+
+def _data(a: np.ndarray, b: np.ndarray) -> PairData:
+    n = a.size
+    z = np.zeros(n)
+    return PairData(np.ascontiguousarray(a, np.float64), np.ascontiguousarray(b, np.float64), np.zeros(n, np.int8),
+                    z, z, z, z, np.ones(n, np.int64), np.ones(n, np.int64))
+
+
+# ---------------------------------------------------------------------------------------------- reference
+def _mp(x) -> list:
+    return [mp.mpf(float(v)) for v in x]
+
+
+def ref_excess(a, b, w) -> mp.mpf:
+    """E(w) = L(w) - L(1) = -sum log((w a + (1 - w) b) / a), 60 digits; w a float (taken exactly)."""
+    with mp.workdps(DPS):
+        w = mp.mpf(float(w))
+        return -mp.fsum(mp.log((w * x + (1 - w) * y) / x) for x, y in zip(_mp(a), _mp(b)))
+
+
+def ref_slope(a, b, w) -> mp.mpf:
+    """L'(w) = sum (b - a) / (w a + (1 - w) b) (a term over 0 is -inf: b = 0 at w = 0)."""
+    return mp.fsum((y - x) / d if (d := w * x + (1 - w) * y) else -mp.inf for x, y in zip(a, b))
+
+
+def ref_optimum(a, b) -> tuple[mp.mpf, mp.mpf]:
+    """(w*, w_D) in 60 digits, by bisection: w* the root of L' (or an end), w_D the root of E left of w*."""
+    with mp.workdps(DPS):
+        am, bm = _mp(a), _mp(b)
+        if ref_slope(am, bm, mp.mpf(1)) <= 0:
+            return mp.mpf(1), (mp.mpf(0) if all(x == y for x, y in zip(am, bm)) else mp.mpf(1))
+        if ref_slope(am, bm, mp.mpf(0)) >= 0:
+            return mp.mpf(0), mp.mpf(0)
+        lo, hi = mp.mpf(0), mp.mpf(1)
+        for _ in range(120):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if ref_slope(am, bm, mid) > 0 else (mid, hi)
+        ws = (lo + hi) / 2
+
+        def e(w):
+            return -mp.fsum(mp.log((w * x + (1 - w) * y) / x) for x, y in zip(am, bm))
+
+        if e(mp.mpf(0)) <= 0:  # b = 0 somewhere: log 0 = -inf, E(0) = inf
+            return ws, mp.mpf(0)
+        lo, hi = mp.mpf(0), ws
+        for _ in range(120):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if e(mid) > 0 else (lo, mid)
+        return ws, (lo + hi) / 2
+
+
+def _beta(w: mp.mpf) -> mp.mpf:
+    return mp.inf if w == 1 else w / (1 - w)
+
+
+def _condition(a, b) -> float:
+    """eps * sum |r| / |sum r|, r = (b - a)/a: the relative precision a float64 root of these sums can have."""
+    r = (b - a) / a
+    return float(EPS * np.abs(r).sum() / max(abs(math.fsum(r)), 1e-300))
+
+
+def _check_against_reference(a, b, rel=1e-6):
+    opt = nll_optimum(_data(a, b))
+    ws, wd = ref_optimum(a, b)
+    with mp.workdps(DPS):
+        for got, want in ((opt.alpha, _beta(ws)), (opt.d, _beta(wd))):
+            if want in (0, mp.inf):
+                assert got == float(want)
+            else:
+                assert abs(mp.mpf(got) - want) <= rel * want, (got, want)
+        # the returned values are the values at the returned w (log space: nats)
+        gain = -ref_excess(a, b, opt.w)
+        assert abs(mp.mpf(opt.gain) - gain) <= rel * abs(gain) + 1e-300, (opt.gain, gain)
+        l_ref = -mp.fsum(mp.log(opt.w * x + (1 - mp.mpf(opt.w)) * y) for x, y in zip(_mp(a), _mp(b)))
+        # the sweep's sum multiplies up to 16 fused probabilities before one log: each product's rounding is a
+        # relative error of eps, an absolute one of eps in the log, so the bound is absolute per position
+        assert abs(mp.mpf(opt.nll) - l_ref) <= 1e-13 * abs(l_ref) + 4 * len(a) * EPS
+    return opt, ws, wd
+
+
+# ---------------------------------------------------------------------------------------------- named cases
+def test_identical_models_give_d_nll_zero_not_inf():
+    # review: NLL constant in w -> the domain {L(w) <= L(1)} is all of [0, 1]; d_nll was reported as inf
+    rng = np.random.default_rng(0)
+    a = rng.uniform(1e-6, 1.0, 300)
+    opt = nll_optimum(_data(a, a.copy()))
+    assert (opt.w, opt.alpha, opt.w_domain, opt.d, opt.gain) == (1.0, math.inf, 0.0, 0.0, 0.0)
+    assert opt.nll == float(nll_sums(_data(a, a), np.array([1.0]))[0])
+    # the same through a pair of two stores of one model
+    lp = np.log(rng.dirichlet(np.ones(20), 50))
+    t = rng.integers(0, 20, 50)
+    arrays = arrays_from_logprobs(lp, t, 4, "float16")
+    pair = Pair(MemoryStore(arrays, n_classes=20), MemoryStore(dict(arrays), n_classes=20), order="given")
+    o = pair.optimum()
+    assert o.d_nll == 0.0 and o.w_d_nll == 0.0 and o.alpha_nll == math.inf
+    assert o.d_nll_domain == (0.0, math.inf)
+
+
+def test_strictly_convex_with_no_gain_has_the_single_point_domain():
+    # L'(1) <= 0 and a != b somewhere: L(w) > L(1) for every w < 1
+    a = np.array([0.5, 0.25, 0.125])
+    b = np.array([0.25, 0.25, 0.125])
+    opt = nll_optimum(_data(a, b))
+    assert (opt.w, opt.w_domain, opt.d, opt.gain) == (1.0, 1.0, math.inf, 0.0)
+
+
+def _tiny_gain_pair(gain: float, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """b = a (1 + d) with sum d chosen so that the best fusion gains about `gain` nats over A alone:
+    E(v) ~ -v sum d + v^2 sum d^2 / 2, whose minimum is -(sum d)^2 / (2 sum d^2)."""
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(0.01, 0.9, n)
+    d = rng.standard_normal(n) * 1e-3
+    d -= d.mean()
+    d += math.sqrt(2.0 * gain * float(np.sum(d * d))) / n
+    return a, a * (1.0 + d)
+
+
+@pytest.mark.parametrize("gain", [3e-15, 1e-15, 1e-12])
+def test_tiny_gains_give_d_to_1e6_relative(gain):
+    # review: D from L(w) - L(1) cancelled: 15% relative error at a total gain of 3e-15 nats
+    a, b = _tiny_gain_pair(gain, 200, 7)
+    assert _condition(a, b) < 1e-7
+    opt, ws, wd = _check_against_reference(a, b)
+    assert 0.3 * gain < opt.gain < 3.0 * gain and 0.0 < opt.w_domain < opt.w < 1.0
+
+
+def test_near_certain_models_that_disagree():
+    # A sure and right at most positions, B sure and wrong at a few (and the reverse): probabilities 1 - 1e-12
+    # next to 1e-10, and a target B gives probability 0 (E(0) = inf: the domain stops short of w = 0)
+    a = np.array([1 - 1e-12, 1 - 3e-13, 1e-10, 1 - 1e-9, 0.5, 1 - 2**-52])
+    b = np.array([1e-10, 1 - 1e-12, 1 - 1e-13, 0.0, 0.5, 1 - 2**-50])
+    opt, ws, wd = _check_against_reference(a, b)
+    assert 0.0 < opt.w_domain < opt.w < 1.0
+
+
+def test_a_zero_somewhere_makes_every_fusion_an_improvement():
+    a = np.array([0.0, 0.5, 0.9])
+    b = np.array([1e-30, 0.5, 0.8])
+    opt = nll_optimum(_data(a, b))
+    assert opt.w < 1.0 and opt.d == 0.0 and opt.w_domain == 0.0 and opt.gain == math.inf
+
+
+def test_w_star_near_one_alpha_huge():
+    rng = np.random.default_rng(3)
+    n = 60
+    a = rng.uniform(0.05, 0.9, n)
+    d = np.exp(rng.standard_normal(n) * 0.3) - 1.0
+    d -= d.mean()
+    d += 1e-8 * float(np.sum(d * d)) / n  # v* ~ sum d / sum d^2 = 1e-8: alpha ~ 1e8
+    b = a * (1.0 + d)
+    assert _condition(a, b) < 1e-7
+    opt, ws, wd = _check_against_reference(a, b)
+    assert opt.alpha > 1e7 and opt.d > 1e7
+
+
+def test_w_star_near_zero():
+    # the mirror image: B alone is almost best, A adds a sliver; E(0) < 0, so D = 0
+    b, a = _tiny_gain_pair(1e-15, 200, 11)  # roles swapped: w* ~ 3e-6 and E(0) < 0
+    assert _condition(a, b) < 1e-7
+    opt, ws, wd = _check_against_reference(a, b)
+    assert opt.alpha < 1e-5 and opt.d == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- properties
+@st.composite
+def pairs(draw):
+    n = draw(st.integers(1, 40))
+    seed = draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(["generic", "peaked", "near_one", "ties"]))
+    if kind == "generic":
+        a, b = rng.uniform(0, 1, n), rng.uniform(0, 1, n)
+    elif kind == "peaked":  # log-probabilities spread over 30 nats, some exactly 1
+        a, b = np.exp(-rng.exponential(5.0, n)), np.exp(-rng.exponential(5.0, n))
+        a[rng.random(n) < 0.2] = 1.0
+    elif kind == "near_one":
+        a, b = 1 - np.exp(-rng.uniform(5, 35, n)), 1 - np.exp(-rng.uniform(5, 35, n))
+    else:  # many positions where the models agree exactly
+        a = rng.uniform(0, 1, n)
+        b = np.where(rng.random(n) < 0.7, a, rng.uniform(0, 1, n))
+    a = np.maximum(a, 1e-300)
+    return a, b
+
+
+GRID = np.concatenate([np.linspace(0, 1, 41), 1 / (1 + np.exp(-np.linspace(-30, 30, 31)))])
+
+
+@settings(max_examples=25, deadline=None)
+@given(pairs())
+def test_optimum_and_domain_match_the_reference_and_beat_every_grid_point(ab):
+    a, b = ab
+    opt = nll_optimum(_data(a, b))
+    # where the sums cancel (cond large) a float64 root is only that precise: the margins follow it
+    cond = _condition(a, b)
+    margin = max(1e-9, 1e3 * cond)
+    with mp.workdps(DPS):
+        e_opt = ref_excess(a, b, opt.w)
+        slack = max(mp.mpf(1e-12), mp.mpf(cond)) * abs(e_opt)
+        for g in GRID:
+            assert e_opt <= ref_excess(a, b, g) + slack, g
+        # the domain: E <= 0 right of w_D, E > 0 left of it (on the grid, outside the margin)
+        for g in GRID:
+            if g > opt.w_domain * (1 + margin) + 1e-300:
+                assert ref_excess(a, b, g) <= slack, g
+            elif g < opt.w_domain * (1 - margin):
+                assert ref_excess(a, b, g) > 0, g
+    if cond < 1e-8:
+        _check_against_reference(a, b, rel=max(1e-8, 1e3 * cond))
