@@ -7,7 +7,7 @@ STAMP   := .venv/.installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup demo notebooks test test-slow lint law bench bench-store bench-extract bench-analysis clean-stores
+.PHONY: help setup demo notebooks test test-slow reliability lint law bench bench-store bench-extract bench-analysis clean-stores
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -55,6 +55,9 @@ test: setup  ## the fast test suite (what CI runs)
 
 test-slow: setup  ## the slow tests only
 	$(PY) -m pytest -q -m slow
+
+reliability: setup  ## SIGKILLs, corruptions, bad inputs, data lost -> tests/benchmarks/reliability.md (~10 min)
+	$(PY) tests/benchmarks/reliability.py
 
 law: setup  ## AR law, bootstrap intervals, appendix A checks, RBP, multi-model fusion on every store family
 	$(PY) -m analysis.law stores=$(or $(STORES),stores)

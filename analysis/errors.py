@@ -44,3 +44,25 @@ class TaskLayoutError(AnalysisError, SchemaError):
 
 class TaskMismatchError(AnalysisError, IncompatiblePairError):
     """Two task stores of one token stream disagree on the task (kind, name, or item/option arrays)."""
+
+
+class SettingsError(AnalysisError, ValueError):
+    """A setting of the analysis CLIs is missing or not one of the accepted values (stores folder, order, metrics)."""
+
+
+def check_cli_settings(stores, order: str, param_count: str, metrics=(), units=None, unit: str | None = None) -> None:
+    """The settings both analysis CLIs share, checked before any store is opened (one typed error each)."""
+    from pathlib import Path
+
+    if not Path(stores).is_dir():
+        raise SettingsError(f"stores={stores} is not a folder; pass stores=DIR, the root the stores were written under "
+                            "(e.g. stores=stores/demo)")
+    if order not in ("auto", "given"):
+        raise SettingsError(f"analysis order={order!r} is not 'auto' (larger model primary) or 'given'")
+    if param_count not in ("n_params", "n_params_nonembed"):
+        raise SettingsError(f"param_count={param_count!r} is not 'n_params' (total) or 'n_params_nonembed'")
+    bad = [m for m in metrics if m not in ("ppl", "bpc", "bpb", "acc", "nll")]
+    if bad:
+        raise SettingsError(f"analysis.metrics has {bad}; choose among ppl, bpc, bpb, acc, nll")
+    if unit is not None and units is not None and unit not in units:
+        raise SettingsError(f"bootstrap unit {unit!r} is not one of {list(units)}")

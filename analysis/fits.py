@@ -28,7 +28,7 @@ def fit_power_law(x, y) -> dict:
         raise LawFitError(f"x and y differ in shape: {x.shape} vs {y.shape}")
     bad_x = ~(np.isfinite(x) & (x > 0))
     if bad_x.any():
-        raise LawFitError(f"parameter ratio {x[bad_x][0]!r} is not a finite positive number; check the stores' "
+        raise LawFitError(f"parameter ratio {float(x[bad_x][0])} is not a finite positive number; check the stores' "
                           "parameter counts (model.n_params / n_params_nonembed)")
     n_nan = int(np.isnan(y).sum())
     n_zero = int((y == 0).sum())

@@ -191,7 +191,9 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
     its prefix, an entry of A's list not in B's matters only if uB may reach b; then one certified line
     (a - hiA of the first such entry, b - uB) holds for all of them (the first entry's bound is above every
     later one's exact value) and its possible line is kept (leaving lines out only grows a possible set).
-    Likewise for B. Membership is looked up in per-thread maps id -> s * M + index, valid when >= s * M.
+    Likewise for B. Once the possible set is empty, so is the certified one (each certified line is inside its
+    possible line) and the position is done. Membership is looked up in per-thread maps id -> s * M + index,
+    valid when >= s * M.
     Returns (n_nan, first position whose targets differ or -1, n_bad_ids).
     """
     n = targets.shape[0]
@@ -253,8 +255,11 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
             l2 = -1.0
             u2 = 2.0
             # A's prefix (not certainly below a), with B's bounds of each id.
+            # Once the possible set is empty (the certified one is inside it), no line can matter: stop.
             pa = 0
             for k in range(ka):
+                if l2 >= u2:
+                    break
                 lo_a, hi_a, ep_a = _bounds(s, k, bits_a, f32_a, is16_a, lut_lo, lut_hi)
                 if _below(hi_a, ep_a, a, ea):
                     break
@@ -274,7 +279,7 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
                 l1, u1, l2, u2 = _lines(a, ea, b, eb, lo_a, hi_a, ep_a, _tie(s, k, f32_a, is16_a, lt_a),
                                         lo_b, hi_b, ep_b, tie_b, l1, u1, l2, u2)
             # Beyond it: the entries of A's list outside B's list, if uB may reach b (one line for all).
-            if not _below(ub, 0.0, b, eb):
+            if l2 < u2 and not _below(ub, 0.0, b, eb):
                 for k in range(pa, ka):
                     j = ids_a[s, k]
                     if j == t or j >= ncls_b or map_b[j] >= base:
@@ -286,6 +291,8 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
             # B's prefix (not certainly below b), skipping ids already done in A's prefix.
             pb = 0
             for k in range(kb):
+                if l2 >= u2:
+                    break
                 lo_b, hi_b, ep_b = _bounds(s, k, bits_b, f32_b, is16_b, lut_lo, lut_hi)
                 if _below(hi_b, ep_b, b, eb):
                     break
@@ -306,7 +313,7 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
                     tie_a = False
                 l1, u1, l2, u2 = _lines(a, ea, b, eb, lo_a, hi_a, ep_a, tie_a, lo_b, hi_b, ep_b,
                                         _tie(s, k, f32_b, is16_b, lt_b), l1, u1, l2, u2)
-            if not _below(ua, 0.0, a, ea):
+            if l2 < u2 and not _below(ua, 0.0, a, ea):
                 for k in range(pb, kb):
                     j = ids_b[s, k]
                     if j == t or j >= ncls_a or map_a[j] >= base:
@@ -316,8 +323,8 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
                                             l1, u1, l2, u2)
                     break
             # Classes outside both lists (other than t), if any exist.
-            outside = n_vocab > ka + kb + 1
-            if not outside:
+            outside = l2 < u2 and n_vocab > ka + kb + 1
+            if l2 < u2 and not outside:
                 n_union = kb
                 for k in range(ka):
                     if map_b[ids_a[s, k]] < base:
@@ -326,7 +333,7 @@ def prepare_pair(targets, targets_b, n_vocab, widen, lut_lo, lut_hi,
                 outside = n_vocab > n_known
             if outside:
                 l1, u1, l2, u2 = _lines(a, ea, b, eb, 0.0, ua, 0.0, False, 0.0, ub, 0.0, False, l1, u1, l2, u2)
-            if l1 >= u1:
+            if l1 >= u1 or l2 >= u2:
                 l1 = EMPTY_L
                 u1 = EMPTY_U
             if l2 >= u2:

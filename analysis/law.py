@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .errors import AnalysisError
+from .errors import AnalysisError, check_cli_settings
 from .fits import MIN_FIT_POINTS, LawFitError, fit_power_law  # noqa: F401  (re-exported)
 from .table import markdown
 
@@ -169,6 +169,9 @@ class LawSettings:
     multi: bool = True
     multi_tol: float = 1e-10
     plots: bool = True
+
+    def __post_init__(self):
+        check_cli_settings(self.stores, self.order, self.param_count, (), ("auto", "block", "doc"), self.unit)
 
     @classmethod
     def from_cfg(cls, cfg, out_dir) -> LawSettings:

@@ -56,7 +56,7 @@ def exp_down(x: np.ndarray) -> np.ndarray:
 
 
 def exp_up(x: np.ndarray) -> np.ndarray:
-    """A float64 upper bound of exp(x) for exact float64 x, clipped to 1 where x <= 0 allows; > 0 always."""
+    """A float64 upper bound of exp(x) for exact float64 x (> 0 always, even where exp(x) underflows)."""
     with np.errstate(invalid="ignore", over="ignore"):
         return np.exp(x) * (1.0 + REL) + TINY
 

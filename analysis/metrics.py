@@ -4,6 +4,9 @@ For weights w_i (any order; returned in the order given):
     nll_i  = (1/N) sum_s -log(w_i a_s + (1 - w_i) b_s)          exact (float64 block sums)
     ppl    = exp(nll);  bpc = N nll / ln 2 / sum n_chars;  bpb likewise with n_bytes
     acc_lo = #certified right / N,  acc_hi = #possibly right / N,  n_undetermined = their difference
+             (the per-position intervals of `kernels.prepare_pair`, rounding accounted outward: acc_lo <= the
+             true accuracy <= acc_hi surely; equal for float32 lists holding every class, except at weights
+             within a few ulps (or a near-tie's rounding) of where a position's correctness changes)
 At w = 0 and w = 1 the fusion is B or A alone, and correctness is the store's exact single-model one.
 Per partition (T: A wrong B right, F: A right B wrong, Nww, Nrr) the counts made right / wrong are
 reported as certified [lo, hi] ranges.

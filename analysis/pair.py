@@ -225,20 +225,22 @@ def stream_pairs(members, order: str = "auto", cls=None):
 
     Yields (a, b, pair, error): ``pair`` is the `Pair` (or ``cls(a, b, order=order)``, e.g. `analysis.TaskPair`;
     larger model primary unless ``order="given"``), or None with the `IncompatiblePairError` that forbids it (say,
-    a different vocabulary behind an equal stream hash).
+    a different vocabulary behind an equal stream hash) or the `StoreError` of a store found damaged on reading.
     """
     cls = cls or Pair
     import itertools
 
-    from pipeline.store import IncompatiblePairError
+    from pipeline.store import StoreError
 
     for a, b in itertools.combinations(members, 2):
         if _name(a) == _name(b):
             continue
         try:
-            yield a, b, cls(a, b, order=order), None
-        except IncompatiblePairError as e:
+            pair = cls(a, b, order=order)
+        except StoreError as e:  # IncompatiblePairError, or a damaged chunk read while aligning
             yield a, b, None, e
+            continue
+        yield a, b, pair, None
 
 
 def weights_grid(n: int = 101) -> np.ndarray:

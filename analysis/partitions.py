@@ -46,7 +46,8 @@ def _w_to_tau(w: np.ndarray, up: bool) -> np.ndarray:
     than the rounding of 1 - w and of the division."""
     d = np.inf if up else -np.inf
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        tau = np.nextafter(np.nextafter((1.0 - w) / np.clip(w, 1e-300, None), d), d)
+        # (1 - w) / w overflows to inf for subnormal w: stepped down, that is the largest float, still a bound
+        tau = np.nextafter(np.nextafter((1.0 - w) / np.where(w > 0.0, w, 1.0), d), d)
         return np.where(w <= 0.0, np.inf, np.where(w >= 1.0, 0.0, np.maximum(tau, 0.0)))
 
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from pipeline.store import StoreError, align, find_stores, open_store
 
 from .curves import log_beta_grid
-from .errors import AnalysisError
+from .errors import AnalysisError, check_cli_settings
 from .pair import stream_pairs
 from .table import markdown, paper_table
 from .tasks import TaskPair, is_task_store, task_stream_pairs
@@ -55,6 +55,10 @@ class AnalyzeSettings:
     bootstrap_unit: str = "auto"
     seed: int = 0
     kfold: int = 5
+
+    def __post_init__(self):
+        check_cli_settings(self.stores, self.order, self.param_count, self.metrics, ("auto", "block", "doc"),
+                           self.bootstrap_unit)
 
     @classmethod
     def from_cfg(cls, cfg, out_dir) -> AnalyzeSettings:
@@ -138,7 +142,13 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
                                       "split": a.dataset.get("split"), "reason": str(error)})
                 continue
             log.info("pair %s on %s/%s", pair, a.dataset.get("name"), a.dataset.get("split"))
-            opt = pair.optimum()
+            try:
+                opt = pair.optimum()  # reads the stores: a chunk found damaged now skips the pair, not the run
+            except StoreError as e:
+                log.warning("skipping %s: %s", pair, e)
+                found.skipped.append({"a": _model(a), "b": _model(b), "dataset": a.dataset.get("name"),
+                                      "split": a.dataset.get("split"), "reason": str(e)})
+                continue
             key = (pair.names, _family(a), a.dataset.get("name"), a.dataset.get("split"))
             for s, row in ((pair.primary, opt.primary), (pair.secondary, opt.secondary)):
                 baselines[(_model(s), _family(s), s.dataset.get("name"), s.dataset.get("split"))] = \

@@ -15,6 +15,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import rundir
 from pipeline.cli import exit_on_errors, report_errors
 from pipeline.extraction.config import run_spec_from_dict
 
@@ -27,6 +28,9 @@ def run(cfg: DictConfig):
 
     spec = run_spec_from_dict(OmegaConf.to_container(cfg, resolve=True))
     return extract(spec)
+
+
+rundir.register()  # ${run_id:} in hydra.run.dir: every run its own directory
 
 
 @exit_on_errors

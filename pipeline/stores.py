@@ -150,7 +150,11 @@ def cmd_rm(args) -> int:
             print(f"error    {arg}: no such file or directory", file=sys.stderr)
             failed += 1
             continue
-        for p in _rm_candidates(arg):
+        candidates = _rm_candidates(arg)
+        if not candidates and arg.is_dir() and any(arg.iterdir()):
+            print(f"error    {arg} is not a store of this project and holds none; nothing removed", file=sys.stderr)
+            failed += 1
+        for p in candidates:
             try:
                 store_kind(p)
             except NotAStoreError as e:
@@ -159,6 +163,11 @@ def cmd_rm(args) -> int:
                 continue
             state, _ = _status(p)
             if args.partial and state == "complete":
+                continue
+            if args.partial and state.startswith("unreadable") and (p / "zarr.json").exists():
+                # damaged, perhaps a complete store: not provably unfinished, so --partial keeps it
+                print(f"kept     {p}  [{state}]: damaged, not unfinished; see `python -m pipeline.stores verify`",
+                      file=sys.stderr)
                 continue
             if args.dry_run:
                 print(f"would remove {p}  [{state}]")

@@ -12,6 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from . import rundir
 from .cli import exit_on_errors, report_errors
 from .extraction.config import run_spec_from_dict
 from .training.config import train_spec_from_dict
@@ -29,6 +30,9 @@ def run(cfg: dict) -> Path:
     out = Path(cfg.get("out") or Path(cfg["paths"]["stores"]) / "_models" / spec.name)
     return train(spec, dataset, out, overwrite=bool(cfg.get("overwrite", False)), resolved=cfg,
                  progress=bool(cfg.get("progress", True)))
+
+
+rundir.register()  # ${run_id:} in hydra.run.dir: every run its own directory
 
 
 @exit_on_errors

@@ -96,3 +96,16 @@ def test_the_wrappers_keep_bugs_loud_and_fold_messages_to_one_line(monkeypatch, 
     with pytest.raises(StoreLockedError):
         locked()
     assert one_line(ValueError("a\n  b")) == "ValueError: a b"
+
+
+@pytest.mark.parametrize("module,override,words", [
+    ("analysis.sweep", "stores={missing}", ["is not a folder"]),
+    ("analysis.law", "stores={missing}", ["is not a folder"]),
+    ("analysis.sweep", "analysis.order=bogus", ["bogus", "given"]),
+    ("analysis.sweep", "analysis.metrics=[bogus]", ["bogus", "ppl"]),
+])
+def test_analysis_bad_settings_are_one_line(tmp_path, module, override, words):
+    (tmp_path / "stores").mkdir()
+    override = override.format(missing=tmp_path / "no-such-folder")
+    args = ["-m", module, f"stores={tmp_path / 'stores'}", override, "hydra.run.dir=" + str(tmp_path / "run")]
+    assert_one_line(run(*args), "SettingsError", *words)

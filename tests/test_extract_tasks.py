@@ -385,6 +385,8 @@ def test_extraction_matches_a_brute_force_forward_per_option(gpt2, lm, tmp_path,
     assert_metrics_close(m, direct_metrics(kind, task, ref), ref)
     assert m["n_items"] == len(task.items) and m["token_metrics"]["n_positions"] == len(want)
     assert a["dataset"]["text_sha256"] == task.meta["text_sha256"] and a["protocol"]["bos"] == "document"
+    # a byte-level tokenizer round-trips every option: n_chars/n_bytes are exact (regression: the flag was inverted)
+    assert a["protocol"]["exact_char_alignment"] is True
     assert store.path.name.endswith(f"-{protocol.replace('_', '')}.zarr")
 
 

@@ -28,14 +28,17 @@ def frozen(monkeypatch):
 
 
 def _run_dir(config_name: str, *overrides: str) -> str:
+    base = {"analyze": ["paths.runs=/r"], "law": ["paths.runs=/r"], "train": ["paths.stores=/r"]}.get(
+        config_name, ["paths.stores=/r", "model.name_or_path=m"])
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=["paths.runs=/r", *overrides], return_hydra_config=True)
+        cfg = compose(config_name=config_name, overrides=[*base, *overrides], return_hydra_config=True)
         first = OmegaConf.select(cfg, "hydra.run.dir")
         assert OmegaConf.select(cfg, "hydra.run.dir") == first  # one run, one name however often it is read
         return first
 
 
-@pytest.mark.parametrize("config_name,sub", [("analyze", "analyze"), ("law", "law")])
+@pytest.mark.parametrize("config_name,sub", [("analyze", "analyze"), ("law", "law"), ("extract", "_runs/extract"),
+                                             ("train", "_runs/train")])
 def test_runs_in_the_same_microsecond_of_one_process_get_different_dirs(frozen, config_name, sub):
     a, b = _run_dir(config_name), _run_dir(config_name)
     stamp = f"/r/{sub}/2024-05-01_12-30-05_123456_p{os.getpid()}"
@@ -46,7 +49,7 @@ def test_run_id_names_the_process(frozen):
     assert rundir.run_id().split("_p")[1].split("-")[0] == str(os.getpid())
 
 
-@pytest.mark.parametrize("config_name", ["analyze", "law"])
+@pytest.mark.parametrize("config_name", ["analyze", "law", "extract", "train"])
 def test_an_explicit_run_dir_is_kept(frozen, config_name):
     assert _run_dir(config_name, "hydra.run.dir=/my/run") == "/my/run"
 

@@ -121,7 +121,8 @@ def test_rm_refuses_anything_but_a_store_and_deletes_nothing(tmp_path, dists, ca
     write_store_from_logprobs(tmp_path / "data" / "mine.zarr", lp, targets, 4)
     (tmp_path / "data" / "mine.zarr" / "kept.txt").write_text("not the store's")
     before_home, before_foreign = snapshot(folder), snapshot(foreign)
-    assert cli.main(["rm", str(folder)]) == 0  # a folder holding no store: nothing to remove
+    assert cli.main(["rm", str(folder)]) == 1  # a folder holding no store: refused by name, nothing removed
+    assert "home is not a store of this project and holds none" in capsys.readouterr().err
     assert cli.main(["rm", str(tmp_path / "data")]) == 1  # the foreign group is refused by name
     err = capsys.readouterr().err
     assert "x.zarr is not a store of this project" in err
@@ -326,3 +327,15 @@ def test_a_lock_on_a_file_its_holder_just_removed_is_not_a_lock(tmp_path, monkey
         b.acquire()
     assert len(calls) >= 2 and not b.held  # it looked again at the file now at the path
     c.release()
+
+
+def test_rm_partial_keeps_a_damaged_store(tmp_path, dists, capsys):
+    """A store whose zarr.json no longer parses may be complete: `rm --partial` must not take it for unfinished."""
+    targets, (lp, _) = dists
+    path = tmp_path / "root" / "done.zarr"
+    write_store_from_logprobs(path, lp, targets, 4)
+    (path / "zarr.json").write_text("{ damaged")
+    before = snapshot(path)
+    assert cli.main(["rm", "--partial", str(tmp_path / "root")]) == 0
+    assert "damaged, not unfinished" in capsys.readouterr().err
+    assert snapshot(path) == before

@@ -120,6 +120,12 @@ class Store:
         i_lo, i_hi = start // self.chunk_size, (stop - 1) // self.chunk_size + 1
         for i in range(i_lo, i_hi):  # Zarr would read a chunk without a file as fill values
             self._require_file(name, arr, (i,) + (0,) * (arr.ndim - 1), i)
+        try:
+            return np.ascontiguousarray(arr[start:stop])
+        except Exception:
+            pass
+        for i in range(i_lo, i_hi):  # find the chunk that fails, to name it
+            self._guarded(name, i, i + 1, lambda: arr[i * self.chunk_size:(i + 1) * self.chunk_size])  # noqa: B023
         return self._guarded(name, i_lo, i_hi, lambda: np.ascontiguousarray(arr[start:stop]))
 
     def _check_range(self, start: int, stop: int | None) -> tuple[int, int]:

@@ -349,10 +349,10 @@ class StoreWriter:
         if name in POSITION_ARRAYS:
             raise SchemaError(f"{name!r} is a position array; write it with write()")
         data = np.asarray(data)
-        kwargs = {} if data.dtype.kind in "UO" else {"compressors": compressors()}
+        # strings too: their crc32c is checked before the string decoder reads a (possibly damaged) item count
         arr = self._group.create_array(name, shape=data.shape, dtype=str if data.dtype.kind in "UO" else data.dtype,
                                        chunks=data.shape if chunks is None else (chunks,) + data.shape[1:],
-                                       overwrite=True, **kwargs)
+                                       overwrite=True, compressors=compressors())
         arr[...] = data
         tables = [t for t in self._group.attrs.get("tables", []) if t != name] + [name]
         self._group.attrs["tables"] = tables
