@@ -8,7 +8,8 @@ import numpy as np
 
 from .errors import AnalysisError
 
-MIN_FIT_POINTS = 3  # a line through 2 points has R^2 = 1 and no standard error: it tests nothing
+MIN_FIT_POINTS = 3
+MIN_LOG_SPAN = 0.01  # a fit needs k to vary by more than ~1%  # a line through 2 points has R^2 = 1 and no standard error: it tests nothing
 
 
 class LawFitError(AnalysisError, ValueError):
@@ -41,8 +42,9 @@ def fit_power_law(x, y) -> dict:
     if n < MIN_FIT_POINTS:
         out["note"] = f"not fitted: {n} point{'s' if n != 1 else ''} < {MIN_FIT_POINTS}"
         return out
-    if np.ptp(lx) == 0:
-        out["note"] = "not fitted: every point has the same k"
+    if np.ptp(lx) < MIN_LOG_SPAN:  # k within 1%: the slope is rounding noise over a tiny lever (p ~ 1e4, c ~ e^-1e5)
+        out["note"] = ("not fitted: every point has the same k" if np.ptp(lx) == 0 else
+                       f"not fitted: k spans only {np.ptp(lx):.2g} in log (< {MIN_LOG_SPAN})")
         return out
     mx, my = lx.mean(), ly.mean()
     sxx = float(np.sum((lx - mx) ** 2))
@@ -51,6 +53,6 @@ def fit_power_law(x, y) -> dict:
     ssr = float(np.sum((ly - icpt - p * lx) ** 2))
     sst = float(np.sum((ly - my) ** 2))
     # No spread in log y (exactly equal values): R^2 is undefined; sst would only hold rounding noise.
-    out.update(c=math.exp(icpt), p=p, r2=1.0 - ssr / sst if np.ptp(ly) > 0 and sst > 0 else math.nan,
+    out.update(c=math.exp(icpt) if icpt < 709.0 else math.inf, p=p, r2=1.0 - ssr / sst if np.ptp(ly) > 0 and sst > 0 else math.nan,
                p_se=math.sqrt(ssr / (n - 2) / sxx))
     return out

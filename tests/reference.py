@@ -300,6 +300,10 @@ def exchange_thresholds(arr_a, arr_b, lp_a, lp_b):
     code = partition_codes(arr_a, arr_b)
     qa = np.exp(arr_a["target_logprob"].astype(np.float64))
     qb = np.exp(arr_b["target_logprob"].astype(np.float64))
+    # a class tied with the target (equal log-prob in the full distribution) has the target's stored value, not
+    # its float64 one: otherwise a tie looks like a 1e-9 gap and ET_F = 0.36 / 1e-9 instead of +inf
+    pa = np.where(lp_a == lp_a[rows, t][:, None], qa[:, None], pa)
+    pb = np.where(lp_b == lp_b[rows, t][:, None], qb[:, None], pb)
     xa = lp_a.copy()
     xa[rows, t] = -np.inf
     i = xa.argmax(axis=1)
