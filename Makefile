@@ -7,7 +7,7 @@ STAMP   := .venv/.installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup demo notebooks test test-slow reliability lint law bench bench-store bench-extract bench-analysis clean-stores
+.PHONY: help setup demo demo-quick notebooks test test-slow reliability lint law bench bench-store bench-extract bench-analysis clean-stores
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -25,16 +25,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m analysis.warmup
 	touch $(STAMP)
 
-DEMO    := stores/demo
-DEMO_MODELS := $(DEMO)/_models/lstm-e32,$(DEMO)/_models/lstm-e128,$(DEMO)/_models/lstm-e512,$(DEMO)/_models/simple-transformer-smollm2
+DEMO    ?= stores/demo
+DEMO_DOCS ?= 300
+DEMO_TRAIN_ARGS ?=
+DEMO_MODELS = $(DEMO)/_models/lstm-e32,$(DEMO)/_models/lstm-e128,$(DEMO)/_models/lstm-e512,$(DEMO)/_models/simple-transformer-smollm2
+DEMO_EXTRACT = $(PY) -m pipeline.extract -m +experiment=demo_extract paths.stores=$(DEMO) dataset.n_documents=$(DEMO_DOCS) dataset.split=valid,test
 
 demo: setup  ## the whole pipeline on the embedded default: train, extract, sweep with held-out weights, plots
 	# 1. models trained here: an LSTM family (one vocabulary) and a SimpleTransformer on SmolLM2's tokenizer
-	$(PY) -m pipeline.train -m +experiment=demo_lstm train.embed_size=32,128,512
-	$(PY) -m pipeline.train +experiment=demo_simple_transformer
+	$(PY) -m pipeline.train -m +experiment=demo_lstm paths.stores=$(DEMO) train.embed_size=32,128,512 $(DEMO_TRAIN_ARGS)
+	$(PY) -m pipeline.train +experiment=demo_simple_transformer paths.stores=$(DEMO) $(DEMO_TRAIN_ARGS)
 	# 2. one store per model and wiki_vital split (valid chooses weights, test reports); complete ones are reused
-	$(PY) -m pipeline.extract -m +experiment=demo_extract dataset.split=valid,test model.name_or_path=$(DEMO_MODELS)
-	$(PY) -m pipeline.extract -m +experiment=demo_extract dataset.split=valid,test model=smollm2-135m-gguf
+	$(DEMO_EXTRACT) model.name_or_path=$(DEMO_MODELS)
+	$(DEMO_EXTRACT) model=smollm2-135m-gguf
 	# 3. every compatible pair: exact optima, held-out weights, bootstrap intervals, the paper-style table, plots
 	$(PY) -m analysis.sweep stores=$(DEMO) analysis.plots=true hydra.run.dir=$(DEMO)/_runs/sweep
 	$(PY) -m analysis.law stores=$(DEMO) hydra.run.dir=$(DEMO)/_runs/law > /dev/null
@@ -46,6 +49,9 @@ demo: setup  ## the whole pipeline on the embedded default: train, extract, swee
 	@echo "  plots                 $(DEMO)/_runs/sweep/plots/*.png"
 	@echo "  AR law, checks, RBP   $(DEMO)/_runs/law/law.md, ar_law.png"
 	@echo "  notebooks             make notebooks  (executed copies in $(DEMO)/_runs/notebooks/)"
+
+demo-quick: setup  ## the same pipeline on less text and shorter training, under stores/demo-quick (a first look)
+	$(MAKE) demo DEMO=stores/demo-quick DEMO_DOCS=80 DEMO_TRAIN_ARGS=train.max_train_tokens=100000
 
 notebooks: setup  ## run the notebooks headless on the demo stores (or STORES=DIR) -> <stores>/_runs/notebooks/
 	$(PY) -m analysis.notebooks --stores $(or $(STORES),$(DEMO))
