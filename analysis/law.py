@@ -207,17 +207,51 @@ def _groups(root: Path) -> tuple[dict, list]:
     return groups, skipped
 
 
+
+def _study_pair(pair, names, dataset, split, pairs: dict, cfg) -> dict[str, list]:
+    """Every per-pair frame of the law run (points with bootstrap columns, theorems, mainstay, RBP, similarity)."""
+    from .bootstrap import BootstrapError, bootstrap, table_columns
+    from .rbp import pair_rbp
+    from .similarity import similarity_sweep
+    from .theorems import mainstay_deviation, theorem_checks
+
+    got: dict[str, list] = {k: [] for k in ("points", "bootstrap", "theorems", "mainstay", "rbp_pairs", "similarity")}
+    tag = {"primary": names[0], "secondary": names[1], "dataset": dataset, "split": split}
+    valid = None
+    if split not in cfg.valid_splits:
+        valid = next((pairs[(names, dataset, vs)] for vs in cfg.valid_splits if (names, dataset, vs) in pairs), None)
+    heldout_w = None
+    if valid is not None:
+        h = pair.heldout(valid)
+        heldout_w = (h.w_nll, h.w_acc)
+    kfold = cfg.kfold if (valid is None and cfg.kfold) else None
+    pts = law_points([pair], cfg.param_count)
+    try:  # the units of `choose_units`, as in the sweep CLI: one pair, one interval
+        bs = bootstrap(pair, n_resamples=cfg.n_resamples, seed=cfg.seed, by=cfg.unit, level=cfg.level,
+                       heldout_w=heldout_w, kfold=kfold)
+        got["bootstrap"].append(bs.with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
+        pts = pts.with_columns(**{k: pl.lit(v) for k, v in table_columns(bs).items()})
+    except BootstrapError as e:
+        log.warning("bootstrap of %s: %s", pair, e)
+        pts = pts.with_columns(pl.lit(str(e)).alias("bootstrap_note"))
+    got["points"].append(pts)
+    got["theorems"].append(theorem_checks(pair).with_columns(pl.lit(dataset).alias("dataset"), pl.lit(split).alias("split")))
+    got["mainstay"].append(mainstay_deviation(pair, cfg.mainstay_top).with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
+    got["rbp_pairs"].append(pair_rbp(pair, cfg.rbp_ks).with_columns(pl.lit(dataset).alias("dataset"), pl.lit(split).alias("split")))
+    if "embedding" in getattr(pair.primary, "tables", ()):
+        sw = similarity_sweep(pair)
+        got["similarity"].append(sw.with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
+    return got
+
+
 def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
     """Every analysis of issue 7 on every stream group under cfg.stores; returns (and writes) the frames."""
 
-    from pipeline.store import IncompatiblePairError
+    from pipeline.store import StoreError
 
-    from .bootstrap import BootstrapError, bootstrap, table_columns
     from .multi import MultiData, multi_summary
     from .pair import stream_pairs
-    from .rbp import pair_rbp, rbp_scaling, single_rbp
-    from .similarity import similarity_sweep
-    from .theorems import mainstay_deviation, theorem_checks
+    from .rbp import rbp_scaling, single_rbp
     from .vocab_use import vocab_use
 
     groups, skipped = _groups(cfg.stores)
@@ -233,43 +267,33 @@ def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
                 continue
             pairs[(pair.names, tag["dataset"], tag["split"])] = pair
         for s in members:
-            out["rbp"].append(single_rbp(s, cfg.rbp_ks).with_columns(
-                pl.lit(s.model.get(cfg.param_count)).cast(pl.Float64).alias("params"), **{k: pl.lit(v) for k, v in tag.items()}))
-        out["vocab"].append(vocab_use(members).with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
+            try:
+                out["rbp"].append(single_rbp(s, cfg.rbp_ks).with_columns(
+                    pl.lit(s.model.get(cfg.param_count)).cast(pl.Float64).alias("params"),
+                    **{k: pl.lit(v) for k, v in tag.items()}))
+            except StoreError as e:  # damaged on reading: reported with the pairs, the run goes on
+                log.warning("RBP of %s skipped: %s", _name(s), e)
+        try:
+            out["vocab"].append(vocab_use(members).with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
+        except StoreError as e:
+            log.warning("vocabulary use of %s skipped: %s", [_name(s) for s in members], e)
         if cfg.multi and len({_name(s) for s in members}) >= 3:
             try:
                 md = MultiData.load(members, cfg.param_count)
                 out["multi"].append(multi_summary(md, tol=cfg.multi_tol).with_columns(
                     **{k: pl.lit(v) for k, v in tag.items()}))
-            except (AnalysisError, IncompatiblePairError) as e:
+            except (AnalysisError, StoreError) as e:
                 log.warning("multi-model fusion of %s skipped: %s", [_name(s) for s in members], e)
     for (names, dataset, split), pair in pairs.items():
         log.info("law: %s on %s/%s", pair, dataset, split)
-        tag = {"primary": names[0], "secondary": names[1], "dataset": dataset, "split": split}
-        valid = None
-        if split not in cfg.valid_splits:
-            valid = next((pairs[(names, dataset, vs)] for vs in cfg.valid_splits if (names, dataset, vs) in pairs), None)
-        heldout_w = None
-        if valid is not None:
-            h = pair.heldout(valid)
-            heldout_w = (h.w_nll, h.w_acc)
-        kfold = cfg.kfold if (valid is None and cfg.kfold) else None
-        pts = law_points([pair], cfg.param_count)
-        try:  # the units of `choose_units`, as in the sweep CLI: one pair, one interval
-            bs = bootstrap(pair, n_resamples=cfg.n_resamples, seed=cfg.seed, by=cfg.unit, level=cfg.level,
-                           heldout_w=heldout_w, kfold=kfold)
-            out["bootstrap"].append(bs.with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
-            pts = pts.with_columns(**{k: pl.lit(v) for k, v in table_columns(bs).items()})
-        except BootstrapError as e:
-            log.warning("bootstrap of %s: %s", pair, e)
-            pts = pts.with_columns(pl.lit(str(e)).alias("bootstrap_note"))
-        out["points"].append(pts)
-        out["theorems"].append(theorem_checks(pair).with_columns(pl.lit(dataset).alias("dataset"), pl.lit(split).alias("split")))
-        out["mainstay"].append(mainstay_deviation(pair, cfg.mainstay_top).with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
-        out["rbp_pairs"].append(pair_rbp(pair, cfg.rbp_ks).with_columns(pl.lit(dataset).alias("dataset"), pl.lit(split).alias("split")))
-        if "embedding" in getattr(pair.primary, "tables", ()):
-            sw = similarity_sweep(pair)
-            out["similarity"].append(sw.with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
+        try:  # a chunk found damaged while reading skips this pair, not the run
+            got = _study_pair(pair, names, dataset, split, pairs, cfg)
+        except StoreError as e:
+            log.warning("law: %s on %s/%s skipped: %s", pair, dataset, split, e)
+            skipped.append({"store": f"{names[0]} + {names[1]} ({dataset}/{split})", "reason": str(e)})
+            continue
+        for k, v in got.items():
+            out[k].extend(v)
     frames = {k: pl.concat(v, how="diagonal_relaxed") for k, v in out.items() if v}
     if "points" in frames:
         frames["fits"] = ar_law(frames["points"])

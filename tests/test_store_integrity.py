@@ -322,3 +322,22 @@ def test_sweep_skips_a_pair_whose_chunk_is_found_corrupt_on_reading(family, tmp_
     assert list(zip(frames["pairs"]["primary"], frames["pairs"]["secondary"])) == [("big", "small")]
     skipped = frames["skipped"]
     assert skipped.height == 2 and skipped["reason"].str.contains("'topk_logprobs', chunk 1: unreadable").all()
+
+
+def test_law_skips_a_pair_whose_chunk_is_found_corrupt_on_reading(family, tmp_path):
+    """As the sweep: a checksum failure seen only when a pair's data is read skips that pair, and the law run goes
+    on with the others and lists the skipped ones."""
+    from analysis.law import LawSettings
+    from analysis.law import run as law_run
+
+    big, mid, small = family
+    chunk = mid / "topk_logprobs" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    frames = law_run(LawSettings(stores=big.parents[2], out_dir=tmp_path / "law", n_resamples=0, rbp_ks=(1,),
+                                 multi=False, plots=False))
+    done = set(zip(frames["points"]["primary"], frames["points"]["secondary"]))
+    assert done == {("big", "small")}
+    reasons = frames["skipped"]["reason"].to_list()
+    assert sum("'topk_logprobs', chunk 1" in r for r in reasons) == 2, reasons

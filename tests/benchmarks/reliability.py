@@ -60,6 +60,13 @@ def same_store(a: Path, b: Path) -> bool:
     return sa.stream_hash == sb.stream_hash
 
 
+def is_complete(path: Path) -> bool:
+    try:
+        return bool(json.loads((path / "zarr.json").read_text())["attributes"].get("complete"))
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return False
+
+
 def n_done(path: Path) -> int:
     prog = path / "progress.json"
     try:
@@ -76,13 +83,16 @@ def kill_writer(work: Path, trials: int, rng: random.Random) -> dict:
     for trial in range(trials):
         path = work / f"writer-{trial}.zarr"
         for _ in range(3):  # kill it up to three times, at random moments, before letting it finish
+            if is_complete(path):
+                break
             proc = subprocess.Popen([sys.executable, str(WRITER_SCRIPT), str(path), "0.15"], env=ENV)
             time.sleep(rng.uniform(0.5, 2.5))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
             proc.wait()
-        subprocess.run([sys.executable, str(WRITER_SCRIPT), str(path), "0"], check=True, env=ENV)
+        if not is_complete(path):
+            subprocess.run([sys.executable, str(WRITER_SCRIPT), str(path), "0"], check=True, env=ENV)
         identical += same_store(ref, path)
     return {"campaign": "store writer", "trials": trials, "sigkills": kills, "bit_identical": identical}
 
