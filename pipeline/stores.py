@@ -109,7 +109,7 @@ def cmd_info(args) -> int:
     for name in s.names + s.tables:
         a = s.group[name]
         print(f"  {name:16s} {str(a.shape):18s} {str(a.dtype):10s} chunks={a.chunks}")
-    attrs = {k: v for k, v in s.attrs.items() if k not in ("arrays", "chunk_digests")}
+    attrs = {k: v for k, v in s.attrs.items() if k not in ("arrays", "chunk_digests", "chunk_crc32c")}
     digests = s.attrs.get("chunk_digests")
     print(f"chunk digests: {sum(len(v) for v in digests.values()) if isinstance(digests, dict) else 'none'} recorded")
     print(json.dumps(attrs, indent=2, sort_keys=True, default=str))

@@ -20,6 +20,7 @@ from pipeline import stores as cli
 from pipeline.store import (
     CorruptStoreError,
     MetadataMismatchError,
+    MisplacedChunkError,
     MissingChunkError,
     StoreError,
     check_digests,
@@ -341,3 +342,21 @@ def test_law_skips_a_pair_whose_chunk_is_found_corrupt_on_reading(family, tmp_pa
     assert done == {("big", "small")}
     reasons = frames["skipped"]["reason"].to_list()
     assert sum("'topk_logprobs', chunk 1" in r for r in reasons) == 2, reasons
+
+
+@pytest.mark.parametrize("name", ["target_logprob", "topk_ids", "targets"])
+def test_regression_swapped_chunks_are_refused_by_the_analysis_not_fused(family, name):
+    """Found by `make reliability`: two swapped `target_logprob` chunk files each pass their crc32c, both models
+    still agree on the targets, so `Pair` fused them into wrong numbers. Every open now compares each chunk file's
+    crc32c with the one recorded at completion."""
+    big, mid, _ = family
+    c = big / name / "c"
+    a, b = sorted(p for p in c.rglob("*") if p.is_file())[:2]
+    x, y = a.read_bytes(), b.read_bytes()
+    a.write_bytes(y)
+    b.write_bytes(x)
+    with pytest.raises(MisplacedChunkError) as e:
+        Pair(big, mid).sweep(GRID)
+    assert e.value.array == name and e.value.chunk == 0 and "swapped, replaced or altered" in str(e.value)
+    problems = verify_store(big).problems
+    assert any("chunk files swapped" in p for p in problems), problems

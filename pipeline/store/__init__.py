@@ -7,6 +7,7 @@ from .errors import (
     IncompatiblePairError,
     IncompleteStoreError,
     MetadataMismatchError,
+    MisplacedChunkError,
     MissingChunkError,
     SchemaError,
     StoreError,
@@ -27,5 +28,5 @@ __all__ = [
     "StoreError", "StoreExistsError", "StoreLockedError", "StoreNotFoundError", "UnknownSchemaError",
     "config_hash", "stream_hash", "setting_tag", "store_path", "Store", "TruncatedStore", "open_store",
     "DEFAULT_CHUNK_SIZE", "POSITION_ARRAYS", "SCHEMA_VERSION", "VerifyReport", "find_stores", "verify_store",
-    "StoreWriter", "MetadataMismatchError", "MissingChunkError", "check_digests", "chunk_digests",
+    "StoreWriter", "MetadataMismatchError", "MisplacedChunkError", "MissingChunkError", "check_digests", "chunk_digests",
 ]

@@ -46,6 +46,10 @@ class MissingChunkError(CorruptStoreError):
     """A chunk the metadata promises has no file (Zarr would read it as fill values)."""
 
 
+class MisplacedChunkError(CorruptStoreError):
+    """A chunk file is not the one recorded when the store completed (swapped, replaced or altered)."""
+
+
 class MetadataMismatchError(CorruptStoreError):
     """The store's metadata disagrees with its arrays (K and the list width, dtypes, shapes, chunking)."""
 

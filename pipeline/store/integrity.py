@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorruptStoreError, MetadataMismatchError, MissingChunkError
+from .errors import CorruptStoreError, MetadataMismatchError, MisplacedChunkError, MissingChunkError
 from .schema import LOGPROB_DTYPES, POSITION_ARRAYS, array_dtype
 
 DIGESTS_ATTR = "chunk_digests"
+TAILS_ATTR = "chunk_crc32c"  # the crc32c each chunk file ended with at completion: a cheap identity, checked at open
 _POSITIVE_INTS = ("n_positions", "top_k", "n_classes", "chunk_size")
 
 
@@ -98,7 +99,7 @@ def layout_problems(path: Path, group, attrs: dict, n_valid: int) -> list[Corrup
             problems.append(e)
             continue
         wrong = _array_problems(path, name, arr, spec, n, k, cs, attrs["logprob_dtype"])
-        problems += wrong if wrong else missing_chunks(path, name, arr, n_valid)
+        problems += wrong if wrong else missing_chunks(path, name, arr, n_valid, tails=_tails(attrs, name))
     digests = attrs.get(DIGESTS_ATTR)
     for name in attrs.get("tables", []) if isinstance(attrs.get("tables"), list) else []:
         try:
@@ -108,8 +109,15 @@ def layout_problems(path: Path, group, attrs: dict, n_valid: int) -> list[Corrup
             continue
         recorded = digests.get(name) if isinstance(digests, dict) else None
         if isinstance(recorded, list):
-            problems += missing_chunks(path, name, arr, None, only={i for i, d in enumerate(recorded) if d is not None})
+            problems += missing_chunks(path, name, arr, None, only={i for i, d in enumerate(recorded) if d is not None},
+                                       tails=_tails(attrs, name))
     return problems
+
+
+def _tails(attrs: dict, name: str) -> list | None:
+    tails = attrs.get(TAILS_ATTR)
+    rec = tails.get(name) if isinstance(tails, dict) else None
+    return rec if isinstance(rec, list) else None
 
 
 def _array_problems(path, name, arr, spec, n, k, cs, logprob_dtype) -> list[CorruptStoreError]:
@@ -134,15 +142,52 @@ def _array_problems(path, name, arr, spec, n, k, cs, logprob_dtype) -> list[Corr
     return out
 
 
-def missing_chunks(path, name: str, arr, rows: int | None, only=None) -> list[MissingChunkError]:
-    """A MissingChunkError per chunk (rows < ``rows``; of flat indices ``only`` if given) without a file."""
-    out = []
+def file_tail(f: Path) -> str | None:
+    """The last 4 bytes of a chunk file as hex: the crc32c Zarr's Crc32cCodec appended (None if unreadable)."""
+    try:
+        with open(f, "rb") as fh:
+            fh.seek(-4, 2)
+            return fh.read(4).hex()
+    except OSError:
+        return None
+
+
+def has_crc32c(arr) -> bool:
+    return type(arr.metadata.codecs[-1]).__name__ == "Crc32cCodec" if arr.metadata.codecs else False
+
+
+def chunk_tails(group) -> dict[str, list[str | None]]:
+    """Array name -> the crc32c each chunk file ends with (None: no file, or no crc32c codec), for every array and
+    table the store lists. Recorded at completion; `missing_chunks` compares them at every open, so two swapped
+    chunk files, or a chunk copied in from elsewhere, are caught before any analysis reads them (reading 4 bytes a
+    chunk, not the data; `verify` checks the full sha256 digests)."""
+    root = Path(group.store.root) / group.path
+    out: dict[str, list[str | None]] = {}
+    for name in list(group.attrs.get("arrays", [])) + list(group.attrs.get("tables", [])):
+        arr = group[name]
+        crc = has_crc32c(arr)
+        out[name] = [file_tail(f) if crc and f.is_file() else None
+                     for f in (chunk_file(root, name, arr, c) for c in chunk_grid(arr))]
+    return out
+
+
+def missing_chunks(path, name: str, arr, rows: int | None, only=None, tails=None) -> list[CorruptStoreError]:
+    """A MissingChunkError per chunk (rows < ``rows``; of flat indices ``only`` if given) without a file, and a
+    MisplacedChunkError per chunk whose file does not end with the crc32c recorded in ``tails`` at completion."""
+    out: list[CorruptStoreError] = []
     for i, coords in enumerate(chunk_grid(arr, rows)):
         if only is not None and i not in only:
             continue
         f = chunk_file(path, name, arr, coords)
         if not f.is_file():
             out.append(MissingChunkError(describe_missing(path, name, arr, coords, f), array=name, chunk=i, file=f))
+        elif tails is not None and i < len(tails) and tails[i] is not None and file_tail(f) != tails[i]:
+            rows_ = chunk_slices(arr, coords)[0] if coords else slice(0, 0)
+            out.append(MisplacedChunkError(
+                f"{path}: array {name!r} chunk {i} (rows {rows_.start}..{rows_.stop}, file {f}) is not the chunk "
+                "recorded when the store completed (its crc32c differs): chunk files were swapped, replaced or "
+                f"altered. Run `python -m pipeline.stores verify {path}`; re-extract the store", array=name, chunk=i,
+                file=f))
     return out
 
 

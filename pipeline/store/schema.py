@@ -66,7 +66,7 @@ STREAM_HASH_TABLES = tuple(TASK_TABLES)
 
 # Top-level attributes every store has. The writer fills the first group itself.
 WRITER_ATTRS = ("schema_version", "complete", "n_positions", "top_k", "n_classes", "logprob_dtype",
-                "chunk_size", "setting_hash", "arrays", "stream_hash", "chunk_digests")
+                "chunk_size", "setting_hash", "arrays", "stream_hash", "chunk_digests", "chunk_crc32c")
 # Provenance sections the caller must give, each a dict with at least these keys.
 REQUIRED_SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("name",),

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .digests import DigestChecker, chunk_digest, has_digests, scan
-from .errors import MissingChunkError, StoreError
+from .errors import MisplacedChunkError, MissingChunkError, StoreError
 from .hashing import stream_hash
 from .integrity import layout_problems
 from .reader import open_store
@@ -52,6 +52,8 @@ def verify_store(path, check_data: bool = True) -> VerifyReport:
         if not isinstance(value, dict) or any(k not in value for k in keys):
             report.problems.append(f"attribute {section!r} missing or lacks {list(keys)}")
     layout = layout_problems(store.path, store.group, store.attrs, store.n_valid)
+    if check_data and has_digests(store):  # the chunk scan names a misplaced chunk better (swapped with which)
+        layout = [p for p in layout if not isinstance(p, MisplacedChunkError)]
     report.problems += _summarize(layout, store)
     if not check_data:
         return report

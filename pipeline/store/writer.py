@@ -439,6 +439,7 @@ class StoreWriter:
     def close(self, extra_attrs: dict | None = None):
         """Finish the store: flush, hash the token stream, write provenance, then ``complete = True``."""
         from .digests import chunk_digests
+        from .integrity import chunk_tails
         from .reader import open_store
 
         if self._closed:
@@ -453,6 +454,7 @@ class StoreWriter:
             attrs = _jsonable(extra_attrs or {})
             attrs["stream_hash"] = stream_hash(partial)
             attrs["chunk_digests"] = chunk_digests(self._group)  # what `verify` checks every chunk against
+            attrs["chunk_crc32c"] = chunk_tails(self._group)  # what every open checks each chunk file's identity by
             self._group.attrs.update(attrs)
             self._group.attrs["complete"] = True  # last
             _write_json_atomic(self.path / PROGRESS_FILE, {"n_done": self.n, "setting_hash": self.setting_hash})
