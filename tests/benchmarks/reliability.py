@@ -221,8 +221,12 @@ def corruption_campaign(work: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ 3. bad inputs
 def one_line_error(r: subprocess.CompletedProcess) -> bool:
+    """Exit != 0, no traceback or Hydra wrapper, and the last line of stderr names the error (the log lines of a
+    run that got as far as loading may come before it)."""
     err = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    return r.returncode != 0 and "Traceback" not in r.stderr and 1 <= len(err) <= 2
+    last = err[-1] if err else ""
+    named = last.split(":", 1)[0].endswith("Error") or last.startswith("error ")
+    return r.returncode != 0 and "Traceback" not in r.stderr and "Error executing job" not in r.stderr and named
 
 
 def bad_input_campaign(work: Path, model: Path, data: Path, model_b: Path) -> tuple[list[dict], list[Path]]:
