@@ -5,14 +5,13 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from test_store import _hold_lock
 
 from pipeline import stores as cli
 from pipeline.store import StoreLockedError, StoreWriter, open_store, verify_store
@@ -201,18 +200,6 @@ def test_review_leftover_partial_temp_files_are_removed_on_resume(tmp_path, dist
 
 # ------------------------------------------------------------------ the OS lock
 
-HOLDER = ("import sys, time\n"
-          "from pipeline.store.lock import WriterLock\n"
-          "WriterLock.for_store(sys.argv[1]).acquire()\n"
-          "print('held', flush=True)\n"
-          "time.sleep(120)\n")
-
-
-def _hold_lock(path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.stdout.readline().strip() == "held"
-    return proc
 
 
 def _racer(path: str, trials: int, start, done, results) -> None:
