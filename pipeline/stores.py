@@ -20,6 +20,7 @@ from pathlib import Path
 from .cli import one_line_errors
 from .store import StoreError, VerifyReport, find_stores, open_store, verify_store
 from .store.errors import NotAStoreError, StoreLockedError
+from .store.integrity import open_array
 from .store.lock import WriterLock, lock_is_live, read_lock
 from .store.schema import LOCK_FILE
 from .store.writer import clear_store, store_kind
@@ -106,14 +107,20 @@ def cmd_info(args) -> int:
     print(f"N={s.n}  K={s.k}  n_classes={s.n_classes}  logprob_dtype={s.logprob_dtype}  chunk={s.chunk_size}  "
           f"size={_human(_size(s.path))}")
     print("arrays:")
+    damaged = 0
     for name in s.names + s.tables:
-        a = s.group[name]
+        try:
+            a = open_array(s.path, s.group, name)
+        except StoreError as e:  # an array whose own metadata is damaged: say so, show the rest
+            print(f"  {name:16s} damaged: {e}")
+            damaged += 1
+            continue
         print(f"  {name:16s} {str(a.shape):18s} {str(a.dtype):10s} chunks={a.chunks}")
     attrs = {k: v for k, v in s.attrs.items() if k not in ("arrays", "chunk_digests", "chunk_crc32c")}
     digests = s.attrs.get("chunk_digests")
     print(f"chunk digests: {sum(len(v) for v in digests.values()) if isinstance(digests, dict) else 'none'} recorded")
     print(json.dumps(attrs, indent=2, sort_keys=True, default=str))
-    return 0
+    return 1 if damaged else 0
 
 
 def cmd_verify(args) -> int:

@@ -360,3 +360,12 @@ def test_regression_swapped_chunks_are_refused_by_the_analysis_not_fused(family,
     assert e.value.array == name and e.value.chunk == 0 and "swapped, replaced or altered" in str(e.value)
     problems = verify_store(big).problems
     assert any("chunk files swapped" in p for p in problems), problems
+
+
+def test_stores_info_shows_a_store_whose_array_metadata_is_damaged(family, capsys):
+    """`stores info` names the damaged array, shows the rest, and exits 1 (it used to crash on the JSON error)."""
+    big, _, _ = family
+    (big / "targets" / "zarr.json").write_text("{")
+    assert cli.main(["info", str(big)]) == 1
+    out = capsys.readouterr().out
+    assert "targets          damaged:" in out and "cannot parse" in out and "topk_ids" in out
