@@ -48,20 +48,25 @@ def _report(error: BaseException) -> None:
     _failed.append(error)
 
 
-def report_errors(task):
-    """Hydra task function: a project error is printed as one line and recorded (see `exit_on_errors`)."""
+def _catching(fn, failed_value):
+    """``fn`` with a project error printed as one line, recorded, and ``failed_value`` returned instead."""
 
-    @functools.wraps(task)
+    @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return task(*args, **kwargs)
+            return fn(*args, **kwargs)
         except Exception as e:
             if _full_traceback_wanted() or not isinstance(e, project_errors()):
                 raise
             _report(e)
-            return None
+            return failed_value
 
     return wrapper
+
+
+def report_errors(task):
+    """Hydra task function: a project error is printed as one line and recorded (see `exit_on_errors`)."""
+    return _catching(task, None)
 
 
 def exit_on_errors(main):
@@ -80,15 +85,4 @@ def exit_on_errors(main):
 
 def one_line_errors(main):
     """A plain command's main: a project error is one line on stderr and return value 1."""
-
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except Exception as e:
-            if _full_traceback_wanted() or not isinstance(e, project_errors()):
-                raise
-            _report(e)
-            return 1
-
-    return wrapper
+    return _catching(main, 1)

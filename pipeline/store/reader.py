@@ -22,6 +22,7 @@ from .integrity import (
     chunk_file,
     describe_missing,
     layout_problems,
+    missing_chunks,
     open_array,
     raise_first,
 )
@@ -93,9 +94,8 @@ class Store:
             return np.asarray(arr[...])
         recorded = self.attrs.get(DIGESTS_ATTR, {}).get(name) if isinstance(self.attrs.get(DIGESTS_ATTR), dict) else None
         if isinstance(recorded, list):  # a table chunk that had a file at completion must still have one
-            for i, coords in enumerate(np.ndindex(*arr.cdata_shape)):
-                if i < len(recorded) and recorded[i] is not None:
-                    self._require_file(name, arr, coords, i)
+            raise_first(missing_chunks(self.path, name, arr, None,
+                                       only={i for i, d in enumerate(recorded) if d is not None}), self.path)
         return self._guarded(name, i_lo=0, i_hi=None, read=lambda: np.asarray(arr[...]))
 
     def _require_file(self, name: str, arr, coords, index: int) -> None:
