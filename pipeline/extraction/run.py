@@ -285,13 +285,29 @@ def _take(path: Path, spec: RunSpec) -> WriterLock:
     return lock
 
 
+# Dataset loaders of the other store kinds (DESIGN section 8): image classification and masked sequences.
+CLASSIFICATION_LOADERS = ("cifar", "tiny_imagenet", "image_folder", "mnist_csv", "sklearn_digits")
+MASKED_LOADERS = ("fasta", "sequence_csv")
+
+
 def extract(spec: RunSpec, lm: LoadedModel | None = None):
     """Run one extraction to a complete store; returns the opened Store.
+
+    Image datasets go to `images.extract_classification` (kind "classification"), sequence datasets to
+    `masked.extract_masked` (kind "masked"); text and task datasets are handled here.
 
     Everything that can fail fast does so before the data and the model load: the model and dataset paths
     (preflight), the store path (not a store of this project: NotAStoreError; complete: StoreExistsError) and
     its writer lock (another writer: StoreLockedError). The lock is held from then on until the store is done.
     """
+    if spec.dataset.loader in CLASSIFICATION_LOADERS:
+        from .images import extract_classification
+
+        return extract_classification(spec, lm)
+    if spec.dataset.loader in MASKED_LOADERS:
+        from .masked import extract_masked
+
+        return extract_masked(spec, lm)
     if lm is None:
         preflight(spec)
     early = early_store_path(spec) if lm is None else None
@@ -359,7 +375,8 @@ def _write(spec: RunSpec, lm: LoadedModel, task, docs, protocol: Protocol, K: in
     optional = (("entropy",) if spec.extract.entropy else ()) + (("item_id", "option_id") if ts is not None else ())
     writer = StoreWriter(path, n_positions=N, top_k=spec.extract.top_k, n_classes=lm.n_classes, logprob_dtype=spec.extract.logprob_dtype,
                          attrs=attrs, setting_hash=setting_hash(attrs), chunk_size=spec.extract.chunk_size,
-                         overwrite=spec.overwrite, optional=optional, lock=lock)
+                         overwrite=spec.overwrite, optional=optional, lock=lock,
+                         kind="task" if ts is not None else "text")
     with writer:
         write_tables(writer, lm, spec.extract)
         for name, table in (ts.tables if ts is not None else {}).items():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CorruptStoreError, MetadataMismatchError, MisplacedChunkError, MissingChunkError
-from .schema import LOGPROB_DTYPES, POSITION_ARRAYS, array_dtype
+from .schema import LOGPROB_DTYPES, POSITION_ARRAYS, STORE_KINDS, array_dtype, required_arrays, store_kind_of
 
 DIGESTS_ATTR = "chunk_digests"
 TAILS_ATTR = "chunk_crc32c"  # the crc32c each chunk file ended with at completion: a cheap identity, checked at open
@@ -84,10 +84,15 @@ def layout_problems(path: Path, group, attrs: dict, n_valid: int) -> list[Corrup
         return problems
     n, k, cs = attrs["n_positions"], attrs["top_k"], attrs["chunk_size"]
     names = list(attrs["arrays"])
-    for name, spec in POSITION_ARRAYS.items():
-        if spec.required and name not in names:
-            problems.append(MetadataMismatchError(f"{path}: required array {name!r} is not listed in the store's "
-                                                  "attributes", array=name))
+    kind = store_kind_of(attrs)
+    if kind not in STORE_KINDS:
+        problems.append(MetadataMismatchError(f"{path}: unknown store kind {kind!r} (known: {list(STORE_KINDS)}); "
+                                              "a newer version of this project may have written it"))
+        return problems
+    for name in required_arrays(kind):
+        if name not in names:
+            problems.append(MetadataMismatchError(f"{path}: required array {name!r} of a {kind} store is not listed "
+                                                  "in the store's attributes", array=name))
     for name in names:
         spec = POSITION_ARRAYS.get(name)
         if spec is None:

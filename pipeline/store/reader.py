@@ -26,7 +26,7 @@ from .integrity import (
     open_array,
     raise_first,
 )
-from .schema import POSITION_ARRAYS, PROGRESS_FILE, SUPPORTED_SCHEMA_VERSIONS
+from .schema import POSITION_ARRAYS, PROGRESS_FILE, SUPPORTED_SCHEMA_VERSIONS, store_kind_of
 from .writer import read_progress
 
 
@@ -53,6 +53,11 @@ class Store:
         self._on_disk = isinstance(group, zarr.Group)
 
     # ------------------------------------------------------------------ metadata
+    @property
+    def kind(self) -> str:
+        """What the positions are: "text", "task", "classification" or "masked" (schema.KIND_ARRAYS)."""
+        return store_kind_of(self.attrs)
+
     @property
     def stream_hash(self) -> str | None:
         return self.attrs.get("stream_hash")

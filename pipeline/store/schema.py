@@ -42,17 +42,66 @@ POSITION_ARRAYS: dict[str, ArraySpec] = {
         ArraySpec("topk_logprobs", "logprob", True, True, "normalised log-probs of topk_ids"),
         ArraySpec("tail_logmass", "float32", False, True, "log of the probability mass outside the top K (-inf if none)"),
         ArraySpec("entropy", "float32", False, False, "entropy of the full distribution (nats)"),
-        ArraySpec("n_chars", "int32", False, True, "characters from the end of the previous target's span to the end of this one"),
-        ArraySpec("n_bytes", "int32", False, True, "UTF-8 bytes, likewise"),
+        # text stores only (required for kinds "text" and "task", see KIND_ARRAYS)
+        ArraySpec("n_chars", "int32", False, False, "characters from the end of the previous target's span to the end of this one"),
+        ArraySpec("n_bytes", "int32", False, False, "UTF-8 bytes, likewise"),
         ArraySpec("doc_id", "int32", False, True, "document / item index"),
         # Task arrays (multiple choice, LAMBADA): item and option of each scored position.
         ArraySpec("item_id", "int32", False, False, "task item index of the position"),
         ArraySpec("option_id", "int32", False, False, "option (candidate) index within the item"),
+        # Word-level fusion across tokenizers (DESIGN section 7).
+        ArraySpec("bow_logmass", "float32", False, False,
+                  "log of the probability mass of the tokens whose text begins with a space (a new word)"),
+        ArraySpec("word_start", "uint8", False, False, "1 where the target token starts at a word boundary"),
+        # Masked models (DESIGN section 8): the residue's index in its sequence (doc_id).
+        ArraySpec("token_index", "int32", False, False, "index of the masked token in its sequence"),
     )
 }
 
+# What a store's positions are (attribute `kind`; stores written before it existed are "text", or "task" when
+# they have a `task` attribute). Each kind requires these arrays besides the always-required ones.
+KIND_ARRAYS: dict[str, tuple[str, ...]] = {
+    "text": ("n_chars", "n_bytes"),            # one position per scored token of a text
+    "task": ("n_chars", "n_bytes", "item_id", "option_id"),  # LAMBADA / multiple choice continuations
+    "classification": (),                      # one position per example; targets are labels; no text
+    "masked": ("token_index",),                # one position per masked token; doc_id is the sequence
+}
+STORE_KINDS = tuple(KIND_ARRAYS)
+
+
+def store_kind_of(attrs: dict) -> str:
+    """The kind of a store from its attributes (older stores have no `kind`)."""
+    kind = attrs.get("kind")
+    if kind is None:
+        return "task" if "task" in attrs else "text"
+    return kind
+
+
+def required_arrays(kind: str) -> tuple[str, ...]:
+    if kind not in KIND_ARRAYS:
+        raise SchemaError(f"unknown store kind {kind!r}; known kinds are {list(STORE_KINDS)}")
+    return tuple(n for n, s in POSITION_ARRAYS.items() if s.required) + KIND_ARRAYS[kind]
+
+
+# Zarr dimension names (so xarray.open_zarr can open a store): per-position arrays and per-class arrays.
+POSITION_DIMS = ("position",)
+PER_CLASS_DIMS = ("position", "k")
+_TABLE_DIMS = {"vocab": ("class",), "embedding": ("class", "embedding_dim")}
+
+
+def table_dims(name: str, ndim: int) -> tuple[str, ...]:
+    """Dimension names of a table: the class axis for vocab/embedding, items and options for task tables,
+    else names of the table's own (tables of different lengths must not share a dimension name)."""
+    if name in _TABLE_DIMS and len(_TABLE_DIMS[name]) == ndim:
+        return _TABLE_DIMS[name]
+    if name.startswith("item_") and ndim == 1:
+        return ("item",)
+    if name.startswith("option_") and ndim == 1:
+        return ("option",)
+    return tuple(f"{name}_dim{i}" for i in range(ndim))
+
 # The token-stream hash covers these arrays (those present), in this order.
-STREAM_HASH_ARRAYS = ("targets", "doc_id", "n_chars", "n_bytes", "item_id", "option_id")
+STREAM_HASH_ARRAYS = ("targets", "doc_id", "n_chars", "n_bytes", "item_id", "option_id", "token_index")
 
 # Task stores (LAMBADA last word, multiple choice) hold these int32 tables; the stream hash covers those present.
 TASK_TABLES: dict[str, str] = {
@@ -65,7 +114,7 @@ TASK_TABLES: dict[str, str] = {
 STREAM_HASH_TABLES = tuple(TASK_TABLES)
 
 # Top-level attributes every store has. The writer fills the first group itself.
-WRITER_ATTRS = ("schema_version", "complete", "n_positions", "top_k", "n_classes", "logprob_dtype",
+WRITER_ATTRS = ("schema_version", "kind", "complete", "n_positions", "top_k", "n_classes", "logprob_dtype",
                 "chunk_size", "setting_hash", "arrays", "stream_hash", "chunk_digests", "chunk_crc32c")
 # Provenance sections the caller must give, each a dict with at least these keys.
 REQUIRED_SECTIONS: dict[str, tuple[str, ...]] = {

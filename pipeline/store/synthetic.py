@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .hashing import config_hash
-from .schema import DEFAULT_CHUNK_SIZE
+from .schema import DEFAULT_CHUNK_SIZE, POSITION_ARRAYS
 from .writer import StoreWriter
 
 
@@ -96,22 +96,25 @@ def write_store_from_logprobs(path, logprobs, targets, k: int, logprob_dtype: st
                               model: str = "model", n_params: int = 1_000_000, doc_id=None, n_chars=None,
                               n_bytes=None, attrs: dict | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                               overwrite: bool = False, tables: dict | None = None, extra: dict | None = None,
-                              **attr_kwargs):
+                              kind: str = "text", **attr_kwargs):
     """Write a store whose every array is computed by brute force from full log-probs; returns the Store.
 
     ``tables``: non-position arrays to store too (e.g. {"vocab": strings}); ``extra``: optional position arrays
-    (e.g. {"item_id": ..., "option_id": ...}).
+    (e.g. {"item_id": ..., "option_id": ...}); ``kind``: the store kind (classification and masked stores have no
+    n_chars/n_bytes; a masked store needs ``extra={"token_index": ...}``).
     """
     arrays = arrays_from_logprobs(logprobs, targets, k, logprob_dtype, doc_id=doc_id, n_chars=n_chars,
                                   n_bytes=n_bytes)
-    arrays.update({name: np.asarray(x, np.int32) for name, x in (extra or {}).items()})
+    arrays.update({name: np.asarray(x, POSITION_ARRAYS[name].dtype) for name, x in (extra or {}).items()})
+    if kind in ("classification", "masked"):
+        arrays.pop("n_chars"), arrays.pop("n_bytes")
     a = synthetic_attrs(model, n_params=n_params, **attr_kwargs)
     for key, value in (attrs or {}).items():
         a[key] = {**a[key], **value} if isinstance(value, dict) and isinstance(a.get(key), dict) else value
     n, v = np.shape(logprobs)
     w = StoreWriter(path, n_positions=n, top_k=k, n_classes=v, logprob_dtype=logprob_dtype, attrs=a,
                     setting_hash=config_hash([a, k, logprob_dtype]), chunk_size=chunk_size, overwrite=overwrite,
-                    optional=("entropy", *(extra or {})))
+                    optional=("entropy", *(extra or {})), kind=kind)
     with w:
         for name, table in (tables or {}).items():
             w.write_table(name, table)

@@ -42,13 +42,17 @@ from .schema import (
     DEFAULT_CHUNK_SIZE,
     LOCK_FILE,
     LOGPROB_DTYPES,
+    PER_CLASS_DIMS,
     POSITION_ARRAYS,
+    POSITION_DIMS,
     PROGRESS_FILE,
     SCHEMA_VERSION,
     SUPPORTED_SCHEMA_VERSIONS,
     TASK_TABLES,
     WRITER_ATTRS,
     array_dtype,
+    required_arrays,
+    table_dims,
     validate_sections,
 )
 
@@ -209,6 +213,8 @@ class StoreWriter:
         setting_hash: identifies everything that determines the arrays; a partial store is resumed only
             when it matches.
         optional: optional position arrays to write besides the required ones (default: entropy).
+        kind: what the positions are (``schema.KIND_ARRAYS``): "text", "task", "classification" or "masked";
+            it decides which arrays besides the always-required ones must be written, and is recorded.
         overwrite: replace an existing store of this project, complete or not (only its own entries are
             deleted; a path that is not a store of this project is refused with NotAStoreError).
         lock: the store's WriterLock, already held by the caller (taken before slow loads); the caller
@@ -226,6 +232,7 @@ class StoreWriter:
         attrs: dict,
         setting_hash: str,
         optional: tuple[str, ...] = ("entropy",),
+        kind: str = "text",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         overwrite: bool = False,
         lock: WriterLock | None = None,
@@ -236,6 +243,7 @@ class StoreWriter:
             raise SchemaError(f"n_positions must be positive; got {n_positions} (is the dataset empty?)")
         if n_classes <= 0 or top_k <= 0 or chunk_size <= 0:
             raise SchemaError(f"need n_classes, top_k, chunk_size > 0; got {n_classes}, {top_k}, {chunk_size}")
+        required = required_arrays(kind)
         unknown = [n for n in optional if n not in POSITION_ARRAYS or POSITION_ARRAYS[n].required]
         if unknown:
             raise SchemaError(f"unknown optional arrays {unknown}; optional ones are "
@@ -252,7 +260,8 @@ class StoreWriter:
         self.logprob_dtype = logprob_dtype
         self.chunk_size = int(chunk_size)
         self.setting_hash = str(setting_hash)
-        self.names = [n for n, s in POSITION_ARRAYS.items() if s.required or n in optional]
+        self.kind = kind
+        self.names = [n for n in POSITION_ARRAYS if n in required or n in optional]
         self.dtypes = {n: np.dtype(array_dtype(POSITION_ARRAYS[n], logprob_dtype)) for n in self.names}
         self._closed = False
         self._error: BaseException | None = None
@@ -268,6 +277,7 @@ class StoreWriter:
         try:
             header = {
                 "schema_version": SCHEMA_VERSION,
+                "kind": kind,
                 "complete": False,
                 "n_positions": self.n,
                 "top_k": self.k,
@@ -323,6 +333,7 @@ class StoreWriter:
                 dtype=self.dtypes[name],
                 compressors=compressors(),
                 fill_value=0,
+                dimension_names=PER_CLASS_DIMS if POSITION_ARRAYS[name].per_class else POSITION_DIMS,
             )
         group.attrs.update({**header, **attrs})
         return group, 0
@@ -352,7 +363,8 @@ class StoreWriter:
         # strings too: their crc32c is checked before the string decoder reads a (possibly damaged) item count
         arr = self._group.create_array(name, shape=data.shape, dtype=str if data.dtype.kind in "UO" else data.dtype,
                                        chunks=data.shape if chunks is None else (chunks,) + data.shape[1:],
-                                       overwrite=True, compressors=compressors())
+                                       overwrite=True, compressors=compressors(),
+                                       dimension_names=table_dims(name, data.ndim))
         arr[...] = data
         tables = [t for t in self._group.attrs.get("tables", []) if t != name] + [name]
         self._group.attrs["tables"] = tables
