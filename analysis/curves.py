@@ -25,6 +25,9 @@ def relative_improvement_curve(sweep: pl.DataFrame) -> pl.DataFrame:
     b = sweep.filter(pl.col("w") == 0.0).row(0, named=True)
     cols = []
     for m in LOWER:
+        if a[m] is None or b[m] is None:  # BPC / BPB of stores without text (classification, masked): null
+            cols.append(pl.lit(None, dtype=pl.Float64).alias(f"rel_{m}"))
+            continue
         best = min(a[m], b[m])
         cols.append(((best - pl.col(m)) / best * 100.0).alias(f"rel_{m}"))
     for m in HIGHER:

@@ -3,7 +3,9 @@
 `PairData.load(A, B)` runs phase 1 (`kernels.prepare_pair`) chunk by chunk and keeps, per position,
 a, b (float64), the partition code (int8: 2 [A right] + [B right]), the certified and possible
 correctness intervals in w (4 x float64), and n_chars / n_bytes: about 57 B per position. Phase 1 is
-per position, so any chunking gives the same arrays; the reductions over them use fixed blocks.
+per position, so any chunking gives the same arrays; the reductions over them use fixed blocks. Stores without
+text (kinds "classification" and "masked": labels of examples, masked residues) have no n_chars / n_bytes:
+there the two fields are None and BPC / BPB are null everywhere.
 
 `MemoryStore` is a store held in memory (same read interface), for tests and benchmarks.
 """
@@ -74,55 +76,89 @@ class PairData:
     u1: np.ndarray
     l2: np.ndarray
     u2: np.ndarray
-    n_chars: np.ndarray
-    n_bytes: np.ndarray
+    n_chars: np.ndarray | None  # None: the stores have no text (classification, masked)
+    n_bytes: np.ndarray | None
 
     @property
     def n(self) -> int:
         return int(self.a.shape[0])
+
+    @property
+    def has_text(self) -> bool:
+        """Whether BPC / BPB are defined (the primary store has n_chars and n_bytes)."""
+        return self.n_chars is not None and self.n_bytes is not None
 
     def partition_counts(self) -> dict[str, int]:
         counts = np.bincount(self.code, minlength=4)
         return {name: int(counts[c]) for name, c in PARTITIONS.items()}
 
     @classmethod
+    def empty(cls, n: int, text: bool) -> PairData:
+        """Uninitialised arrays for n positions (n_chars / n_bytes only when ``text``)."""
+        return cls(*(np.empty(n, np.float64) for _ in range(2)), np.empty(n, np.int8),
+                   *(np.empty(n, np.float64) for _ in range(4)),
+                   *((np.empty(n, np.int64), np.empty(n, np.int64)) if text else (None, None)))
+
+    @classmethod
     def load(cls, store_a, store_b, *, window: int | None = None) -> PairData:
-        n = store_a.n_valid if hasattr(store_a, "n_valid") else store_a.n
-        if store_b.n != store_a.n:
-            raise TargetMismatchError(f"{store_a.path} has {store_a.n} positions but {store_b.path} has {store_b.n}; "
-                                      "pair only stores of one token stream", field="n_positions",
-                                      value_a=store_a.n, value_b=store_b.n)
-        out = cls(*(np.empty(n, np.float64) for _ in range(2)), np.empty(n, np.int8),
-                  *(np.empty(n, np.float64) for _ in range(4)), np.empty(n, np.int64), np.empty(n, np.int64))
-        lut_lo, lut_hi = float16_tables()
-        n_vocab = max(store_a.n_classes, store_b.n_classes)
+        n = pair_length(store_a, store_b)
+        out = cls.empty(n, has_text(store_a))
         window = window or max(store_a.chunk_size, 4 * kernels.BLOCK)
         for lo in range(0, n, window):
-            hi = min(n, lo + window)
-            ra = store_a.read(list(NAMES + SIDE_NAMES), lo, hi)
-            rb = store_b.read(list(NAMES), lo, hi)
-            bits_a, f32_a, is16_a = _lists(ra)
-            bits_b, f32_b, is16_b = _lists(rb)
-            sl = slice(lo, hi)
-            n_nan, first, n_bad = kernels.prepare_pair(
-                ra["targets"], rb["targets"], n_vocab, TAIL_WIDEN, lut_lo, lut_hi,
-                ra["target_logprob"], ra["target_rank"], ra["target_ties"], ra["topk_ids"], bits_a, f32_a,
-                is16_a, ra["tail_logmass"], store_a.n_classes,
-                rb["target_logprob"], rb["target_rank"], rb["target_ties"], rb["topk_ids"], bits_b, f32_b,
-                is16_b, rb["tail_logmass"], store_b.n_classes,
-                out.a[sl], out.b[sl], out.code[sl], out.l1[sl], out.u1[sl], out.l2[sl], out.u2[sl])
-            if first >= 0:
-                s = lo + int(first)
-                raise TargetMismatchError(
-                    f"targets differ at position {s}: {ra['targets'][first]} in {store_a.path} vs "
-                    f"{rb['targets'][first]} in {store_b.path}, although the stores claim one token stream; "
-                    "re-extract one of them (or run `python -m pipeline.stores verify`)",
-                    field="targets", value_a=int(ra["targets"][first]), value_b=int(rb["targets"][first]))
-            if n_nan or n_bad:
-                _raise_bad(store_a, store_b, ra, rb, lo, n_nan, n_bad, n_vocab)
-            out.n_chars[sl] = ra["n_chars"]
-            out.n_bytes[sl] = ra["n_bytes"]
+            prepare_range(store_a, store_b, lo, min(n, lo + window), out, lo)
         return out
+
+
+def pair_length(store_a, store_b) -> int:
+    """Positions of a pair (the readable ones of A); a TargetMismatchError when the stores differ in length."""
+    if store_b.n != store_a.n:
+        raise TargetMismatchError(f"{store_a.path} has {store_a.n} positions but {store_b.path} has {store_b.n}; "
+                                  "pair only stores of one token stream", field="n_positions",
+                                  value_a=store_a.n, value_b=store_b.n)
+    return store_a.n_valid if hasattr(store_a, "n_valid") else store_a.n
+
+
+def has_text(store) -> bool:
+    """Whether the primary store has n_chars and n_bytes (BPC / BPB defined)."""
+    return all(_has(store, name) for name in SIDE_NAMES)
+
+
+def prepare_range(store_a, store_b, lo: int, hi: int, out: PairData, at: int) -> None:
+    """Phase 1 of positions [lo, hi) of a pair into ``out`` from index ``at`` on (both engines call this: the
+    in-memory `PairData.load` over the whole pair, `analysis.engines.dask` per chunk group). Raises the typed
+    errors of a damaged pair (targets that differ, NaN, ids outside the vocabulary) naming the position."""
+    side = list(SIDE_NAMES) if out.has_text else []
+    lut_lo, lut_hi = float16_tables()
+    n_vocab = max(store_a.n_classes, store_b.n_classes)
+    ra = store_a.read(list(NAMES) + side, lo, hi)
+    rb = store_b.read(list(NAMES), lo, hi)
+    bits_a, f32_a, is16_a = _lists(ra)
+    bits_b, f32_b, is16_b = _lists(rb)
+    sl = slice(at, at + hi - lo)
+    n_nan, first, n_bad = kernels.prepare_pair(
+        ra["targets"], rb["targets"], n_vocab, TAIL_WIDEN, lut_lo, lut_hi,
+        ra["target_logprob"], ra["target_rank"], ra["target_ties"], ra["topk_ids"], bits_a, f32_a,
+        is16_a, ra["tail_logmass"], store_a.n_classes,
+        rb["target_logprob"], rb["target_rank"], rb["target_ties"], rb["topk_ids"], bits_b, f32_b,
+        is16_b, rb["tail_logmass"], store_b.n_classes,
+        out.a[sl], out.b[sl], out.code[sl], out.l1[sl], out.u1[sl], out.l2[sl], out.u2[sl])
+    if first >= 0:
+        s = lo + int(first)
+        raise TargetMismatchError(
+            f"targets differ at position {s}: {ra['targets'][first]} in {store_a.path} vs "
+            f"{rb['targets'][first]} in {store_b.path}, although the stores claim one token stream; "
+            "re-extract one of them (or run `python -m pipeline.stores verify`)",
+            field="targets", value_a=int(ra["targets"][first]), value_b=int(rb["targets"][first]))
+    if n_nan or n_bad:
+        _raise_bad(store_a, store_b, ra, rb, lo, n_nan, n_bad, n_vocab)
+    if side:
+        out.n_chars[sl] = ra["n_chars"]
+        out.n_bytes[sl] = ra["n_bytes"]
+
+
+def _has(store, name: str) -> bool:
+    """Whether a store holds position array ``name`` (an object without `has` is assumed to hold it)."""
+    return bool(store.has(name)) if hasattr(store, "has") else True
 
 
 def _raise_bad(store_a, store_b, ra, rb, lo, n_nan, n_bad, n_vocab):

@@ -46,6 +46,16 @@ class TaskMismatchError(AnalysisError, IncompatiblePairError):
     """Two task stores of one token stream disagree on the task (kind, name, or item/option arrays)."""
 
 
+class SegmentMismatchError(AnalysisError, IncompatiblePairError):
+    """Two stores of one text cut a document into different word segments (count, or bytes of a segment), so they
+    cannot be fused at the word level (DESIGN.md section 7)."""
+
+
+class WordFusionUnavailableError(AnalysisError, StoreError):
+    """A store cannot be fused at the word level: it lacks bow_logmass / word_start (extracted before they existed),
+    or its tokenizer failed the word-boundary property (a word-level vocabulary with an unknown token)."""
+
+
 class SettingsError(AnalysisError, ValueError):
     """A setting of the analysis CLIs is missing or not one of the accepted values (stores folder, order, metrics)."""
 

@@ -2,7 +2,8 @@
 
 For weights w_i (any order; returned in the order given):
     nll_i  = (1/N) sum_s -log(w_i a_s + (1 - w_i) b_s)          exact (float64 block sums)
-    ppl    = exp(nll);  bpc = N nll / ln 2 / sum n_chars;  bpb likewise with n_bytes
+    ppl    = exp(nll);  bpc = N nll / ln 2 / sum n_chars;  bpb likewise with n_bytes (null for stores without
+             text: classification and masked stores)
     acc_lo = #certified right / N,  acc_hi = #possibly right / N,  n_undetermined = their difference
              (the per-position intervals of `kernels.prepare_pair`, rounding accounted outward: acc_lo <= the
              true accuracy <= acc_hi surely; equal for float32 lists holding every class, except at weights
@@ -77,12 +78,25 @@ def right_counts(data: PairData, w_sorted: np.ndarray) -> np.ndarray:
     nblk = (data.n + kernels.BLOCK - 1) // kernels.BLOCK
     blocks = np.zeros((nblk, 2, 4, nw), np.int64)
     kernels.acc_blocks(data.code, data.l1, data.u1, data.l2, data.u2, w_sorted, i_lo, i_hi, blocks)
-    counts = blocks.sum(axis=0)
-    n_code = np.bincount(data.code, minlength=4)
+    return single_model_columns(blocks.sum(axis=0), np.bincount(data.code, minlength=4), i_lo, i_hi)
+
+
+def single_model_columns(counts: np.ndarray, n_code: np.ndarray, i_lo: int, i_hi: int) -> np.ndarray:
+    """``counts`` (2, 4, W) with its weights below index i_lo (w = 0: B alone) and from i_hi on (w = 1: A alone)
+    set to the stores' exact single-model correctness per partition code."""
     for c in range(4):
         counts[:, c, :i_lo] = n_code[c] if c & 1 else 0  # w = 0: B alone, exact
         counts[:, c, i_hi:] = n_code[c] if c & 2 else 0  # w = 1: A alone, exact
     return counts
+
+
+def _per_unit(nll_sum: np.ndarray, sizes: np.ndarray | None):
+    """Bits per character (or byte): nll_sum / ln 2 / sum sizes; NaN when the sizes sum to 0, null (None)
+    when the stores have no text at all (classification, masked)."""
+    if sizes is None:
+        return pl.Series(values=[None] * nll_sum.size, dtype=pl.Float64)
+    total = int(sizes.sum())
+    return nll_sum / LN2 / total if total else np.full(nll_sum.size, np.nan)
 
 
 def sweep_frame(data: PairData, weights) -> pl.DataFrame:
@@ -96,10 +110,14 @@ def sweep_frame(data: PairData, weights) -> pl.DataFrame:
     nll_sum[order] = nll_sums(data, ws)
     counts = np.empty((2, 4, w.size), np.int64)
     counts[:, :, order] = right_counts(data, ws)
-    n = data.n
-    n_code = np.bincount(data.code, minlength=4)
-    chars = int(data.n_chars.sum())
-    nbytes = int(data.n_bytes.sum())
+    return frame_from_sums(w, nll_sum, counts, np.bincount(data.code, minlength=4), data.n_chars, data.n_bytes)
+
+
+def frame_from_sums(w: np.ndarray, nll_sum: np.ndarray, counts: np.ndarray, n_code: np.ndarray,
+                    n_chars: np.ndarray | None, n_bytes: np.ndarray | None) -> pl.DataFrame:
+    """The sweep frame from its sums (both engines): weights ``w`` as given, NLL sums and (2, 4, W) right counts in
+    the same order, positions per partition code, and the n_chars / n_bytes (or their totals; None without text)."""
+    n = int(n_code.sum())
     lo, hi = counts[0], counts[1]
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         return pl.DataFrame({
@@ -107,8 +125,8 @@ def sweep_frame(data: PairData, weights) -> pl.DataFrame:
             "beta": weight_to_beta(w),
             "nll": nll_sum / n,
             "ppl": np.exp(nll_sum / n),
-            "bpc": nll_sum / LN2 / chars if chars else np.full(w.size, np.nan),
-            "bpb": nll_sum / LN2 / nbytes if nbytes else np.full(w.size, np.nan),
+            "bpc": _per_unit(nll_sum, n_chars),
+            "bpb": _per_unit(nll_sum, n_bytes),
             "acc_lo": lo.sum(axis=0) / n,
             "acc_hi": hi.sum(axis=0) / n,
             "n_right_lo": lo.sum(axis=0),

@@ -46,8 +46,8 @@ class MultiData:
     params: np.ndarray
     p: np.ndarray
     right: np.ndarray  # (N, M) bool: each model's exact strict correctness
-    n_chars: np.ndarray
-    n_bytes: np.ndarray
+    n_chars: np.ndarray | None  # None: stores without text (classification, masked): no BPC / BPB
+    n_bytes: np.ndarray | None
     param_count: str
 
     @property
@@ -80,9 +80,12 @@ class MultiData:
                                           value_a=int(t0[pos]), value_b=int(r["targets"][pos]))
             p[:, i] = np.exp(r["target_logprob"].astype(np.float64))
             right[:, i] = (r["target_rank"] == 0) & (r["target_ties"] == 0)
-        side = stores[0].read(["n_chars", "n_bytes"])
-        return cls(stores, names, params[order], p, right, side["n_chars"].astype(np.int64),
-                   side["n_bytes"].astype(np.int64), param_count)
+        if all(stores[0].has(name) for name in ("n_chars", "n_bytes")):
+            side = stores[0].read(["n_chars", "n_bytes"])
+            n_chars, n_bytes = side["n_chars"].astype(np.int64), side["n_bytes"].astype(np.int64)
+        else:
+            n_chars = n_bytes = None
+        return cls(stores, names, params[order], p, right, n_chars, n_bytes, param_count)
 
 
 def check_simplex(weights, m: int) -> np.ndarray:
@@ -257,7 +260,8 @@ def fused_metrics(md: MultiData, weights, with_acc: bool = True) -> dict:
     with np.errstate(divide="ignore"):
         nll_sum = float(np.sum(-np.log(md.p @ w)))
     out = {"nll": nll_sum / md.n, "ppl": math.exp(nll_sum / md.n) if nll_sum / md.n < 700 else math.inf,
-           "bpc": nll_sum / LN2 / md.n_chars.sum(), "bpb": nll_sum / LN2 / md.n_bytes.sum()}
+           "bpc": None if md.n_chars is None else nll_sum / LN2 / md.n_chars.sum(),
+           "bpb": None if md.n_bytes is None else nll_sum / LN2 / md.n_bytes.sum()}
     if with_acc:
         lo, hi = certified_right(md, w)
         out.update(acc_lo=float(lo.mean()), acc_hi=float(hi.mean()), n_undetermined=int(hi.sum() - lo.sum()))

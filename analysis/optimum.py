@@ -18,6 +18,7 @@ item, `analysis.tasks`), and `pieces_optimum` applies the canonical choices to a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,21 +99,41 @@ def _excess(data: PairData, w: float, v: float) -> tuple[float, float]:
     return float(e), float(g)
 
 
-def nll_optimum(data: PairData, with_domain: bool = True) -> NllOptimum:
-    """Exact minimiser of the fused NLL over w in [0, 1], and the NLL improvement domain.
+@dataclass(frozen=True)
+class NllProblem:
+    """What the exact NLL optimum needs of a pair's units (token positions, or word segments: `analysis.words`),
+    L(w) = -sum_s log(w pA_s + (1 - w) pB_s), each sum over fixed blocks in order."""
 
-    When the two models give every target the same probability (a = b everywhere) the NLL does not depend on w:
-    w* = 1 (A alone, by convention: fusion does not help) and the domain is all of [0, 1], so D = 0.
-    Otherwise L is strictly convex and the domain is [w_D, 1] with w_D = 1 (D = inf) exactly when L'(1) <= 0.
-    """
+    slope: Callable[[float, float], tuple[float, float]]  # (w, 1 - w) -> (L'(w), L''(w))
+    excess: Callable[[float, float], tuple[float, float]]  # (w, 1 - w) -> (E(w) = L(w) - L(1) term by term, L'(w))
+    value: Callable[[float], float]  # w -> L(w), the sweep's own sum
+    flat: bool  # pA = pB for every unit: L does not depend on w
+    a_zero: bool  # pA = 0 for some unit: L(1) = inf
+
+
+def nll_optimum(data: PairData, with_domain: bool = True) -> NllOptimum:
+    """Exact minimiser of the fused NLL over w in [0, 1], and the NLL improvement domain (`solve_nll`)."""
     if np.any((data.a == 0.0) & (data.b == 0.0)):
         s = int(np.flatnonzero((data.a == 0.0) & (data.b == 0.0))[0])
         raise DegenerateObjectiveError(
             f"position {s} has probability 0 under both models, so the fused NLL is infinite for every weight; "
             "check the stores' logit widths (n_classes) and targets")
-    flat = bool(np.array_equal(data.a, data.b))
-    _, g1, _ = _derivs(data, 1.0, 0.0, False)
-    _, g0, _ = _derivs(data, 0.0, 1.0, False)
+    return solve_nll(NllProblem(
+        slope=lambda w, v: _derivs(data, w, v, False)[1:], excess=lambda w, v: _excess(data, w, v),
+        value=lambda w: float(nll_sums(data, np.array([w]))[0]), flat=bool(np.array_equal(data.a, data.b)),
+        a_zero=bool(np.any(data.a == 0.0))), with_domain)
+
+
+def solve_nll(p: NllProblem, with_domain: bool = True) -> NllOptimum:
+    """Exact minimiser of a convex fused NLL over w in [0, 1], and its improvement domain.
+
+    When the two models give every unit the same probability the NLL does not depend on w: w* = 1 (A alone, by
+    convention: fusion does not help) and the domain is all of [0, 1], so D = 0. Otherwise L is strictly convex
+    and the domain is [w_D, 1] with w_D = 1 (D = inf) exactly when L'(1) <= 0.
+    """
+    flat = p.flat
+    g1, _ = p.slope(1.0, 0.0)
+    g0, _ = p.slope(0.0, 1.0)
     if flat or not g1 > 0:
         w, u = 1.0, math.inf
     elif not g0 < 0:
@@ -120,7 +141,7 @@ def nll_optimum(data: PairData, with_domain: bool = True) -> NllOptimum:
     else:
         def grad(u):
             w, v = _wv(u)
-            _, g, h = _derivs(data, w, v, False)
+            g, h = p.slope(w, v)
             return g, h * w * v  # dL'/du = L'' dw/du, dw/du = w v
 
         u = _solve(grad, 0.0, -U_MAX, U_MAX)
@@ -128,21 +149,23 @@ def nll_optimum(data: PairData, with_domain: bool = True) -> NllOptimum:
     alpha = math.exp(u) if math.isfinite(u) and u < U_MAX else (math.inf if u > 0 else 0.0)
     if not with_domain:
         return NllOptimum(w, alpha, math.nan, math.nan, g1)
-    nll = float(nll_sums(data, np.array([w]))[0])
+    nll = p.value(w)
     if w == 1.0:  # flat: L(w) = L(1) everywhere; else strictly convex, decreasing up to w = 1
         return NllOptimum(w, alpha, 0.0 if flat else 1.0, 0.0 if flat else math.inf, g1, nll, 0.0)
-    if np.any(data.a == 0.0):  # L(1) = inf: every w < 1 improves on A alone
+    if p.a_zero:  # L(1) = inf: every w < 1 improves on A alone
         return NllOptimum(w, alpha, 0.0, 0.0, g1, nll, math.inf)
     v_star = _wv(u)[1] if math.isfinite(u) else 1.0
-    gain = -_excess(data, w, v_star)[0]
-    if w == 0.0 or _excess(data, 0.0, 1.0)[0] <= 0.0:  # E(0) <= 0: convexity puts all of [0, 1] in the domain
+    gain = -p.excess(w, v_star)[0]
+    if w == 0.0 or p.excess(0.0, 1.0)[0] <= 0.0:  # E(0) <= 0: convexity puts all of [0, 1] in the domain
         return NllOptimum(w, alpha, 0.0, 0.0, g1, nll, gain)
 
     def excess(u):  # E(w) decreases left of u*: negate it to make it increasing
         w_, v_ = _wv(u)
-        e, g = _excess(data, w_, v_)
+        e, g = p.excess(w_, v_)
         return -e, -g * w_ * v_
 
+    if excess(-U_MAX)[0] >= 0.0:  # E <= 0 already at beta = e^-700: the root is below what float64 holds
+        return NllOptimum(w, alpha, 0.0, 0.0, g1, nll, gain)
     ud = _solve(excess, u - 1.0, -U_MAX, u)
     wd, _ = _wv(ud)
     return NllOptimum(w, alpha, wd, math.exp(ud) if ud > -U_MAX else 0.0, g1, nll, gain)

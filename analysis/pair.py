@@ -66,10 +66,14 @@ def _params(store, which: str = "n_params") -> float:
 def relative_improvement(fused: dict, a: dict, b: dict) -> dict:
     """Paper-style relative improvement (%) against the best single model, per metric.
 
-    Lower-is-better metrics: (best - fused) / best * 100; ACC: (fused - best) / best * 100.
+    Lower-is-better metrics: (best - fused) / best * 100; ACC: (fused - best) / best * 100. A metric that the
+    stores do not define (BPC / BPB without text: None) stays None.
     """
     out = {}
     for m in LOWER_IS_BETTER:
+        if fused[m] is None or a[m] is None or b[m] is None:
+            out[m] = None
+            continue
         best = min(a[m], b[m])
         out[m] = (best - fused[m]) / best * 100.0 if best and math.isfinite(best) else math.nan
     for m in HIGHER_IS_BETTER:
@@ -154,9 +158,20 @@ class TwoStores:
 
 
 class Pair(TwoStores):
-    """Two stores of one token stream: primary A (usually larger) and secondary B."""
+    """Two stores of one token stream: primary A (usually larger) and secondary B.
 
-    def __init__(self, primary, secondary, *, order: str = "auto"):
+    ``engine="local"`` (default) holds the per-position arrays in memory; ``engine="dask"`` runs on Dask one task per
+    chunk group (stores larger than memory, or a cluster: ``client`` a `distributed.Client`, None for the threaded
+    scheduler; ``engine_options`` go to `analysis.engines.dask.DaskEngine`) with the same results, for sweep, at,
+    optimum, heldout and partitions; what needs every position in memory (``data``, the bootstrap, the theorem
+    checks) raises `analysis.engines.EngineNotSupportedError` there.
+    """
+
+    def __init__(self, primary, secondary, *, order: str = "auto", engine: str = "local", client=None,
+                 **engine_options):
+        from .engines import check_engine
+
+        check_engine(engine)
         a, b = order_stores(_as_store(primary), _as_store(secondary), order)
         self.alignment = align(a, b)
         self.alignment.raise_if_incompatible()
@@ -164,6 +179,13 @@ class Pair(TwoStores):
         self.flags = list(self.alignment.flagged)
         self._data: PairData | None = None
         self._optimum: Optimum | None = None
+        self.engine = engine
+        self._engine = None
+        self._optima = None  # (NllOptimum, AccOptimum, frame) computed ahead by `analysis.engines.dask.prefetch`
+        if engine == "dask":
+            from .engines.dask import DaskEngine
+
+            self._engine = DaskEngine(a, b, client=client, **engine_options)
 
     def __repr__(self) -> str:
         flags = f", flagged: {self.alignment.flags}" if self.flags else ""
@@ -172,26 +194,36 @@ class Pair(TwoStores):
     @property
     def data(self) -> PairData:
         """Per-position arrays (phase 1), computed once."""
+        if self._engine is not None:
+            from .engines.dask import not_supported
+
+            raise not_supported("Pair.data (and what reads it: bootstrap, theorem checks, RBP of the fusion)")
         if self._data is None:
             self._data = PairData.load(self.primary, self.secondary)
         return self._data
+
+    def _frame(self, weights) -> pl.DataFrame:
+        return self._engine.sweep(weights) if self._engine is not None else sweep_frame(self.data, weights)
 
     def sweep(self, weights=None, *, betas=None) -> pl.DataFrame:
         """Fused metrics at each weight (or each beta); see `analysis.metrics`."""
         if (weights is None) == (betas is None):
             raise WeightError("give exactly one of weights=... (w in [0, 1]) or betas=... (beta in [0, inf])")
         w = betas_to_weights(betas) if betas is not None else weights
-        return sweep_frame(self.data, w)
+        return self._frame(w)
 
     def at(self, w: float) -> dict:
         """One sweep row as a dict."""
-        return _row(sweep_frame(self.data, [w]), 0)
+        return _row(self._frame([w]), 0)
 
     def optimum(self) -> Optimum:
         if self._optimum is None:
-            nll = nll_optimum(self.data)
-            acc = acc_optimum(self.data)
-            frame = sweep_frame(self.data, [nll.w, acc.w, 1.0, 0.0])
+            if self._engine is not None:
+                nll, acc, frame = self._optima or self._engine.optima()
+            else:
+                nll = nll_optimum(self.data)
+                acc = acc_optimum(self.data)
+                frame = sweep_frame(self.data, [nll.w, acc.w, 1.0, 0.0])
             at_nll, at_acc, pa, pb = (_row(frame, i) for i in range(4))
             fused = {**{m: at_nll[m] for m in LOWER_IS_BETTER}, **{m: at_acc[m] for m in HIGHER_IS_BETTER}}
             self._optimum = Optimum(
@@ -202,6 +234,8 @@ class Pair(TwoStores):
         return self._optimum
 
     def partitions(self) -> Partitions:
+        if self._engine is not None:
+            return self._engine.partitions()
         return partitions(self.primary, self.secondary, self.data)
 
     def heldout(self, valid_pair: Pair) -> Heldout:
@@ -211,7 +245,7 @@ class Pair(TwoStores):
         flip = heldout_flip(self.names, valid_pair.names)
         v = valid_pair.optimum()
         w_nll, w_acc = (1.0 - v.w_nll, 1.0 - v.w_acc) if flip else (v.w_nll, v.w_acc)
-        frame = sweep_frame(self.data, [w_nll, w_acc])
+        frame = self._frame([w_nll, w_acc])
         at_nll, at_acc = _row(frame, 0), _row(frame, 1)
         ins = self.optimum()
         fused = {**{m: at_nll[m] for m in LOWER_IS_BETTER}, **{m: at_acc[m] for m in HIGHER_IS_BETTER}}

@@ -15,6 +15,11 @@ or ACC / ACC_norm / ACC_bytes), their sweeps go to task_sweeps.parquet, and the 
 the metrics that apply to it (the task's ``metrics`` attribute; the configured metrics for language modelling).
 Task pairs are not bootstrapped: their units are items (hundreds to a few thousand), and a held-out split is
 the honest check there; the pairs table says so in ``bootstrap_note``.
+
+Image classifiers and masked models (store kinds "classification" and "masked") are paired the same way (one
+label set / one masking per stream group; no BPC or BPB) and get tables of their own in the layouts of the
+paper's Tables 3 and 4, table_classification.md and table_masked.md, printed after table.md
+(`analysis.front.appendix_c`).
 """
 
 from __future__ import annotations
@@ -33,9 +38,14 @@ from pipeline.store import StoreError, align, find_stores, open_store
 
 from .curves import log_beta_grid
 from .errors import AnalysisError, check_cli_settings
+from .front.appendix_c import APPENDIX_KINDS, appendix_texts, write_appendix_tables
 from .pair import stream_pairs
 from .table import markdown, paper_table
 from .tasks import TaskPair, is_task_store, task_stream_pairs
+from .words import WordPair
+from .words.cli import add_word_pairs, word_table
+from .words.cli import bootstrap_columns as word_bootstrap_columns
+from .words.cli import heldout_row as word_heldout_row
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +65,15 @@ class AnalyzeSettings:
     bootstrap_unit: str = "auto"
     seed: int = 0
     kfold: int = 5
+    engine: str = "local"  # "dask": one task per chunk group (analysis.engines.dask); settings in ``dask``
+    dask: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_cli_settings(self.stores, self.order, self.param_count, self.metrics, ("auto", "block", "doc"),
                            self.bootstrap_unit)
+        from .engines import check_engine
+
+        check_engine(self.engine)
 
     @classmethod
     def from_cfg(cls, cfg, out_dir) -> AnalyzeSettings:
@@ -68,7 +83,8 @@ class AnalyzeSettings:
                    order=str(a.order), write_sweeps=bool(a.write_sweeps),
                    plots=bool(a.get("plots", False)), n_resamples=int(a.get("n_resamples", 1000)),
                    bootstrap_unit=str(a.get("bootstrap_unit", "auto")), seed=int(a.get("seed", 0)),
-                   kfold=int(a.get("kfold", 5)))
+                   kfold=int(a.get("kfold", 5)), engine=str(a.get("engine", "local")),
+                   dask={k: v for k, v in (a.get("dask") or {}).items()})
 
 
 @dataclass
@@ -115,7 +131,7 @@ def discover(root: Path) -> Found:
 
 
 def _baseline_row(s, family: str, pair_row: dict) -> dict:
-    return {"model": _model(s), "family": family, "n_params": s.model.get("n_params"),
+    return {"model": _model(s), "family": family, "n_params": s.model.get("n_params"), "kind": s.kind,
             "dataset": s.dataset.get("name"), "split": s.dataset.get("split"), "n_positions": s.n,
             "nll": pair_row["nll"], "ppl": pair_row["ppl"], "bpc": pair_row["bpc"], "bpb": pair_row["bpb"],
             "acc": pair_row["acc_lo"], "path": str(s.path)}
@@ -132,11 +148,18 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
     weights = np.union1d(np.linspace(0.0, 1.0, cfg.n_weights), log_beta_grid(141, 1e-3, 1e4))
     baselines, pairs, sweeps, task_sweeps = {}, {}, [], []
     ordered = sorted(groups.items(), key=lambda kv: (kv[1][0].dataset.get("name"), kv[1][0].dataset.get("split")))
-    for _, members in tqdm(ordered, desc="stream groups", unit="group", disable=len(ordered) < 2):
+    pair_cls, client = engine_pairs(cfg)
+    built = {h: list(stream_pairs(members, cfg.order, pair_cls)) for h, members in ordered
+             if not any(is_task_store(s) for s in members)}
+    if cfg.engine == "dask":  # every pair of every dataset: one task graph
+        from .engines.dask import prefetch
+
+        prefetch([p for lst in built.values() for _, _, p, _ in lst if p is not None], weights)
+    for h, members in tqdm(ordered, desc="stream groups", unit="group", disable=len(ordered) < 2):
         if any(is_task_store(s) for s in members):
             _task_group(members, cfg, weights, _family, found, baselines, pairs, task_sweeps)
             continue
-        for a, b, pair, error in stream_pairs(members, cfg.order):
+        for a, b, pair, error in built[h]:
             if error is not None:
                 found.skipped.append({"a": _model(a), "b": _model(b), "dataset": a.dataset.get("name"),
                                       "split": a.dataset.get("split"), "reason": str(error)})
@@ -158,7 +181,7 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
                 "primary": pair.names[0], "secondary": pair.names[1], "family": _family(pair.primary),
                 "dataset": a.dataset.get("name"), "split": a.dataset.get("split"),
                 "k": k, "k_from": cfg.param_count, "k_sort": k if math.isfinite(k) else math.inf,
-                "flags": pair.alignment.flags,
+                "flags": pair.alignment.flags, "kind": pair.primary.kind,
                 "w_nll": opt.w_nll, "alpha_nll": opt.alpha_nll, "d_nll": opt.d_nll,
                 "w_acc": opt.w_acc, "alpha_acc": opt.alpha_acc, "d_acc": opt.d_acc,
                 "d_acc_disconnected": opt.d_acc_disconnected, "n_acc_intervals": len(opt.acc_intervals),
@@ -171,6 +194,7 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
                     primary=pl.lit(pair.names[0]), secondary=pl.lit(pair.names[1]),
                     dataset=pl.lit(a.dataset.get("name")), split=pl.lit(a.dataset.get("split"))))
     _skipped_across_groups(groups, found)
+    add_word_pairs(found.stores, cfg, weights, pairs, found)  # level = word rows, across and within tokenizers
     _heldout(pairs, cfg)
     if cfg.n_resamples:
         from .bootstrap import sweep_columns
@@ -180,10 +204,41 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
             if isinstance(entry["pair"], TaskPair):
                 row["bootstrap_note"] = "task pair: not bootstrapped (see the held-out columns)"
                 continue
+            if getattr(entry["pair"], "engine", "local") == "dask":
+                row["bootstrap_note"] = ("not bootstrapped on the dask engine (it resamples every position in "
+                                         "memory): rerun with analysis.engine=local, or analysis.n_resamples=0")
+                continue
+            if isinstance(entry["pair"], WordPair):  # documents resampled
+                row.update(word_bootstrap_columns(entry["pair"], row.get("heldout_w_nll"), cfg.n_resamples, cfg.seed))
+                continue
             hw = (row["heldout_w_nll"], row["heldout_w_acc"]) if "heldout_w_nll" in row else None
             row.update(sweep_columns(entry["pair"], heldout_w=hw, n_resamples=cfg.n_resamples, seed=cfg.seed,
                                      by=cfg.bootstrap_unit, kfold=cfg.kfold))
     return _write(cfg, baselines, pairs, sweeps, found, task_sweeps)
+
+
+def engine_pairs(cfg: AnalyzeSettings):
+    """(the pair class to build, the Dask client or None) for ``cfg.engine``: `Pair` in memory, or on Dask with
+    ``cfg.dask`` (address, cluster, n_workers, threads_per_worker, memory_limit, numba_threads, group)."""
+    from functools import partial
+
+    from .pair import Pair
+
+    if cfg.engine != "dask":
+        return None, None
+    d = dict(cfg.dask)
+    group = d.pop("group", None)
+    numba_threads = int(d.get("numba_threads", 1) or 1)
+    client = None
+    if d.get("address") or d.get("cluster") not in (None, "threads"):
+        from .engines.dask import connect
+
+        client = connect(address=d.get("address"), cluster=str(d.get("cluster") or "local"),
+                         n_workers=d.get("n_workers"), threads_per_worker=int(d.get("threads_per_worker") or 1),
+                         memory_limit=d.get("memory_limit"), numba_threads=numba_threads)
+        log.info("dask engine on %s", client)
+    return partial(Pair, engine="dask", client=client, group=group, numba_threads=numba_threads,
+                   workers=d.get("n_workers")), client
 
 
 def _task_baseline_row(s, family: str, row: dict, pair: TaskPair) -> dict:
@@ -241,7 +296,7 @@ def _skipped_across_groups(groups: dict, found: Found) -> None:
                     continue
                 al = align(a, b)
                 f, va, vb = al.differences[0] if al.differences else ("stream_hash", a.stream_hash, b.stream_hash)
-                reason = f"different {f}: {va!r} vs {vb!r}" + (
+                reason = al.reason or f"different {f}: {va!r} vs {vb!r}" + (
                     " (different tokenizer)" if f.startswith("tokenizer") else
                     " (different text or protocol)")
                 found.skipped.append({"a": _model(a), "b": _model(b), "dataset": a.dataset.get("name"),
@@ -259,6 +314,9 @@ def _heldout(pairs: dict, cfg: AnalyzeSettings) -> None:
             continue
         if isinstance(entry["pair"], TaskPair):
             row.update({"heldout_split": valid["row"]["split"], **entry["pair"].heldout(valid["pair"]).row()})
+            continue
+        if isinstance(entry["pair"], WordPair):
+            row.update({"heldout_split": valid["row"]["split"], **word_heldout_row(entry["pair"], valid["pair"])})
             continue
         h = entry["pair"].heldout(valid["pair"])
         row.update({"heldout_split": valid["row"]["split"], "heldout_w_nll": h.w_nll, "heldout_alpha_nll": h.alpha_nll,
@@ -289,6 +347,7 @@ def _write(cfg, baselines, pairs, sweeps, found, task_sweeps=()) -> dict[str, pl
         tw.write_parquet(out / "task_sweeps.parquet")
         frames["task_sweeps"] = tw
     (out / "table.md").write_text(render(frames, cfg))
+    write_appendix_tables(frames, out, cfg.valid_splits)  # classifiers, masked models: table_<kind>.md
     log.info("wrote %s", out)
     return frames
 
@@ -297,22 +356,27 @@ def render(frames: dict, cfg: AnalyzeSettings) -> str:
     base, prs, skipped = frames["baselines"], frames["pairs"], frames["skipped"]
     parts = ["# Accept-Reject fusion: single models and relative improvement of each pair", ""]
     table_splits = lambda df: df.filter(~pl.col("split").is_in(list(cfg.valid_splits))) if df.height else df  # noqa: E731
+    appendix = base.height and "kind" in base.columns and base["kind"].is_in(APPENDIX_KINDS).any()
+    if appendix:  # classifiers and masked models: tables of their own (analysis.front.appendix_c)
+        base = base.filter(~pl.col("kind").is_in(APPENDIX_KINDS).fill_null(False))
+        parts.append("Image classifiers and masked models: see table_classification.md / table_masked.md.\n")
     families = sorted(set(base["family"].to_list())) if base.height else []
     for fam in families:
         b = table_splits(base.filter(pl.col("family") == fam))
         p = table_splits(prs.filter(pl.col("family") == fam)) if prs.height else prs
         parts.append(paper_table(b, p, list(cfg.metrics), family=fam, task_metrics=task_metrics(b)))
     if prs.height:
-        cols = [c for c in ("primary", "secondary", "dataset", "split", "k", "alpha_nll", "d_nll", "alpha_acc",
+        cols = [c for c in ("primary", "secondary", "dataset", "split", "level", "k", "alpha_nll", "d_nll", "alpha_acc",
                             "d_acc", "alpha_acc_norm", "d_acc_disconnected", "heldout_alpha_nll", "heldout_alpha_acc",
                             "flags") if c in prs.columns]
         parts += ["## Optimal weight ratios (beta = w / (1 - w); inf = primary alone)", "",
                   markdown(prs.select(cols)), ""]
+    parts += word_table(prs, cfg.valid_splits)  # level = word rows: BPB / BPC / word PPL only
     ci = _intervals(prs) if prs.height else None
     if ci is not None:
         parts += ["## 95% bootstrap intervals (fused minus primary alone; in-sample re-optimises w on every resample)",
                   "", markdown(ci), ""]
-    if not families:
+    if not families and not appendix:
         parts.append("No pairs: fewer than two compatible stores found.\n")
     if skipped.height:
         parts += ["## Skipped", "", markdown(skipped), ""]
@@ -369,7 +433,9 @@ def main() -> None:
     def _main(cfg) -> None:
         settings = AnalyzeSettings.from_cfg(cfg, HydraConfig.get().runtime.output_dir)
         frames = run(settings)
-        print((settings.out_dir / "table.md").read_text())  # the CLI's one print: the final table
+        print((settings.out_dir / "table.md").read_text())  # the CLI's one print: the final tables
+        for text in appendix_texts(settings.out_dir):  # Tables 3 / 4 layouts, where the run wrote them
+            print(text)
         if settings.plots:
             from .plots import plot_run
 

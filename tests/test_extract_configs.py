@@ -33,20 +33,24 @@ def test_every_model_config_composes(model):
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_every_dataset_config_composes_with_a_documented_protocol(dataset):
-    extra = ["dataset.path=/tmp/x.txt"] if dataset == "text_file" else []
+    extra = {"text_file": ["dataset.path=/tmp/x.txt"], "image_folder": ["dataset.path=/tmp/images"],
+             "fasta": ["dataset.path=/tmp/x.fasta"]}.get(dataset, [])
     s = spec("model.name_or_path=/tmp/m", f"dataset={dataset}", *extra)
     d = s.dataset
     assert d.scoring in ("independent", "joined") and d.bos in ("document", "none")
-    assert d.loader and (d.hub_id or d.url or d.loader in ("text_file", "wiki_vital"))
+    assert d.loader and (d.hub_id or d.url or d.loader in ("text_file", "wiki_vital", "image_folder", "mnist_csv",
+                                                            "sklearn_digits", "fasta"))
     assert "Protocol" in (CONF / "dataset" / f"{dataset}.yaml").read_text()
     for split in d.files:  # each split named in the config has a (possibly not yet pinned) sha256 slot
-        assert split in d.text_sha256
+        assert split in d.text_sha256 or split in (d.data_sha256 or {})  # data_sha256: image datasets
 
 
 def test_the_families_of_the_issue_are_all_named():
     for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "pythia-14m", "pythia-2.8b", "mamba-130m",
                  "mamba-2.8b", "rwkv4-169m", "rwkv4-430m", "rwkv4-1.5b", "qwen2.5-0.5b", "qwen2.5-14b",
-                 "smollm2-135m", "smollm2-360m", "smollm2-1.7b", "smollm2-135m-gguf"):
+                 "smollm2-135m", "smollm2-360m", "smollm2-1.7b", "smollm2-135m-gguf",
+                 *(f"resnet-{d}" for d in (18, 34, 50, 101, 152)), *(f"tv-resnet{d}" for d in (18, 34, 50, 101, 152)),
+                 *(f"esm2-{s}" for s in ("8m", "35m", "150m", "650m", "3b"))):
         assert name in MODELS
 
 

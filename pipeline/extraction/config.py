@@ -22,6 +22,13 @@ class ModelSpec:
     attn_implementation: str | None = None
     max_length: int | None = None       # override of the model's maximum context
     cache_dir: str | None = None        # where dequantised GGUF models are cached
+    # image classifiers (pipeline/extraction/images.py): 'torchvision:resnet18' etc. load torchvision's ImageNet
+    # weights when pretrained, else a random init with num_classes outputs, or the state dict `checkpoint`
+    # (.safetensors, or .pt/.pth read with weights_only=True); `preprocessing` overrides the processor config's
+    pretrained: bool = False
+    num_classes: int | None = None
+    checkpoint: str | None = None
+    preprocessing: dict[str, Any] | None = None
 
     def __post_init__(self):
         if not self.name_or_path:
@@ -56,6 +63,15 @@ class DatasetSpec:
     separator: str = "\n\n"
     bos: str = "document"
     task_protocol: str | None = None    # task datasets: how items become context/continuation pairs
+    # sequence datasets (loaders fasta / sequence_csv; pipeline/extraction/sequences.py): the seeded split of the
+    # file's records (split -> fraction; empty: the whole file is the split) and the masking protocol
+    split_fractions: dict[str, float] = dataclasses.field(default_factory=dict)
+    masking: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # image datasets (loaders cifar / tiny_imagenet / image_folder / mnist_csv / sklearn_digits;
+    # pipeline/extraction/image_data.py): sha256 of each split's data files (null: not pinned yet) and the
+    # image options (label field, archive checksum, default preprocessing)
+    data_sha256: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    image: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +90,27 @@ class ExtractSpec:
     deterministic: bool = True
     progress: bool = True
     max_positions: int | None = None    # score only the windows covering the first N positions
+    loss_cap: float | None = None       # masked models: report PPL = inf when the mean NLL exceeds it (the
+                                        # paper's C.2 cap of 70); metrics only, never the stored arrays
+    num_shards: int = 1                 # write one store in S shards of whole chunks (run shard=0..S-1, then finalize)
+    shard: int = 0                      # which shard this run writes
+    lock: str = "auto"                  # single writer: flock | lease | auto (lease under SLURM, else flock)
+    word_arrays: str | bool = "auto"    # bow_logmass + word_start (DESIGN section 7): auto | true | false
 
     def __post_init__(self):
         if self.top_k < 1:
             raise ConfigError(f"extract.top_k={self.top_k} must be >= 1")
+        mode = {"true": True, "false": False}.get(str(self.word_arrays).lower(), self.word_arrays)
+        if mode not in ("auto", True, False):
+            raise ConfigError(f"extract.word_arrays={self.word_arrays!r}: use auto, true or false")
+        object.__setattr__(self, "word_arrays", mode)
         if self.logprob_dtype not in ("float16", "float32"):
             raise ConfigError(f"extract.logprob_dtype={self.logprob_dtype!r}: use float16 or float32")
+        if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:
+            raise ConfigError(f"extract.shard={self.shard} of extract.num_shards={self.num_shards}: need "
+                              "num_shards >= 1 and 0 <= shard < num_shards")
+        if self.lock not in ("auto", "flock", "lease"):
+            raise ConfigError(f"extract.lock={self.lock!r}: use auto, flock or lease")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +139,7 @@ def _build(cls, d: dict[str, Any], group: str):
 MISSING = "???"  # OmegaConf's mark of a required value nobody gave (to_container keeps it as this string)
 
 _HOW = {"model.name_or_path": "a local directory with config.json or a hub id (owner/name)",
-        "dataset.path": "the file to score (.txt, .jsonl, .json or .parquet)"}
+        "dataset.path": "the file to score (.txt, .jsonl, .json or .parquet), or the folder of an image dataset"}
 
 
 def _check_required(cfg: dict[str, Any]) -> None:

@@ -43,6 +43,26 @@ class TaskDataError(DatasetError, ValueError):
     """A task item is malformed (its label is not among its options, a cloze query without its blank)."""
 
 
+class SequenceFormatError(DatasetError, ValueError):
+    """A sequence file (FASTA, CSV with a sequence column) is malformed, or the model cannot read its residues."""
+
+
+class ImageDataError(DatasetError, ValueError):
+    """An image dataset is malformed: a file in the wrong format or shape, a label outside the classes."""
+
+
+class ImageReadError(ImageDataError):
+    """An image file cannot be read (not an image, truncated, unsupported format)."""
+
+
+class LabelError(ImageDataError):
+    """A label is outside the dataset's classes."""
+
+
+class LabelSpaceError(ExtractionError, ValueError):
+    """A classifier's number of outputs differs from the dataset's number of classes."""
+
+
 class ContextTooLongError(ExtractionError, ValueError):
     """extract.context_length exceeds what the model supports."""
 

@@ -84,6 +84,66 @@ def head_rows_f32(z, zt, kth, mt, rank, ties, n_gt, n_eq, tsum, usum):
         usum[i] = u
 
 
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+def head_rows_bow_f32(z, zt, kth, mt, bow, rank, ties, n_gt, n_eq, tsum, usum, bsum, nsum, b_eq):
+    """`head_rows_f32` and, for the word-level arrays, with bow: (V,) uint8 (1 for space-initial ids):
+    bsum = sum_{z_j < c, bow_j} exp(z_j - mt), nsum = the same over the other tail ids, b_eq = #{j : z_j == c,
+    bow_j} (float64 / int32 outputs (P,)). The tail exps are the ones tsum adds up, so the extra cost is two
+    multiply-adds and a compare per logit."""
+    n, v = z.shape
+    for i in prange(n):
+        t = zt[i]
+        c = kth[i]
+        m = np.float64(mt[i])
+        g = 0
+        e = 0
+        a = 0
+        b = 0
+        be = 0
+        s = 0.0
+        u = 0.0
+        sb = 0.0
+        sn = 0.0
+        row = z[i]
+        for j in range(v):
+            x = row[j]
+            w = bow[j]
+            g += x > t
+            e += x == t
+            a += x > c
+            b += x == c
+            be += (x == c) & (w != 0)
+            d = np.float64(x) - m
+            p = _exp_nonpos(d) if x < c else 0.0
+            s += p
+            u += p * d
+            q = p if w != 0 else 0.0
+            sb += q
+            sn += p - q
+        rank[i] = g
+        ties[i] = e - 1
+        n_gt[i] = a
+        n_eq[i] = b
+        tsum[i] = s
+        usum[i] = u
+        bsum[i] = sb
+        nsum[i] = sn
+        b_eq[i] = be
+
+
+def head_rows_bow(z: np.ndarray, zt: np.ndarray, kth: np.ndarray, mt: np.ndarray,
+                  bow: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(rank, ties, n_gt, n_eq, tsum, usum, bsum, nsum, b_eq) of `head_rows_bow_f32`; bow: (V,) bool/uint8."""
+    n = z.shape[0]
+    out = ([np.empty(n, np.int32) for _ in range(4)] + [np.empty(n, np.float64) for _ in range(4)]
+           + [np.empty(n, np.int32)])
+    f32 = lambda x: np.ascontiguousarray(x, dtype=np.float32)  # noqa: E731
+    mask = np.ascontiguousarray(bow).view(np.uint8) if np.asarray(bow).dtype == np.bool_ else \
+        np.ascontiguousarray(bow, dtype=np.uint8)
+    head_rows_bow_f32(f32(z), f32(zt), f32(kth), f32(mt), mask, *out)
+    return tuple(out)
+
+
 def head_rows(z: np.ndarray, zt: np.ndarray, kth: np.ndarray, mt: np.ndarray) -> tuple[np.ndarray, ...]:
     """(rank, ties, n_gt, n_eq, tsum, usum) of `head_rows_f32` for float32 logits z (P, V)."""
     n = z.shape[0]

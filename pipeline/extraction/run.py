@@ -34,7 +34,8 @@ from ..store import (
     setting_tag,
     store_path,
 )
-from ..store.lock import WriterLock
+from ..store.lock import Lease, WriterLock, job_identity, lease_file
+from ..store.shards import finalize_if_ready, position_metrics
 from ..store.tasks import check_tables, task_metrics
 from ..store.writer import store_kind
 from .config import RunSpec
@@ -50,8 +51,10 @@ from .head import head_chunk_size, score_hidden, score_logits_chunked
 from .models import LoadedModel, load_model, package_dir, resolve_device, resolve_dtype
 from .models import _looks_local as looks_local
 from .models import _max_length as max_length_of
+from .placement import on_own_gpu
 from .stream import Protocol, TokenStream, Windows, build_stream
 from .tasks import TaskData, TaskStream, build_task_stream, is_task, load_task, task_protocol
+from .words import plan_word_arrays
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +141,8 @@ def setting_hash(attrs: dict) -> str:
              "protocol": attrs["protocol"]}
     if "task" in attrs:  # task stores only, so the hashes of LM stores (resume, skip_existing) are unchanged
         keyed["task"] = {k: attrs["task"][k] for k in ("name", "kind", "protocol")}
+    if (attrs["tokenizer"].get("word_arrays") or {}).get("written"):  # likewise: only stores with the word arrays
+        keyed["word_arrays"] = attrs["tokenizer"]["space_initial_hash"]
     return config_hash(keyed)
 
 
@@ -186,27 +191,19 @@ class _Batches:
 
 
 def score_batch(lm: LoadedModel, ids, mask, rows: np.ndarray, tgt: torch.Tensor, k: int, entropy: bool,
-                chunk: int, where: str = "") -> dict[str, np.ndarray]:
-    """Forward one batch and score the rows (batch row, input position) of its targets."""
+                chunk: int, where: str = "", bow: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """Forward one batch and score the rows (batch row, input position) of its targets (with bow, the
+    space-initial mask on the model's device: bow_logmass too)."""
     if lm.head_weight is not None:
         h = lm.hidden(ids, mask)[rows[:, 0], rows[:, 1]]  # only scored rows go through the head
-        return score_hidden(h, lm.head_weight, lm.head_bias, tgt, k, entropy, chunk, where)
+        return score_hidden(h, lm.head_weight, lm.head_bias, tgt, k, entropy, chunk, where, bow)
     z = lm.logits(ids, mask)[rows[:, 0], rows[:, 1]]
-    return score_logits_chunked(z, tgt, k, entropy, chunk, where)
+    return score_logits_chunked(z, tgt, k, entropy, chunk, where, bow)
 
 
 def _metrics(tlp: np.ndarray, correct: np.ndarray, n_chars: np.ndarray, n_bytes: np.ndarray) -> dict:
-    def blocked(x):
-        x = np.asarray(x, np.float64)
-        return float(sum(np.add.reduceat(x, np.arange(0, len(x), METRIC_BLOCK)).tolist())) if len(x) else 0.0
-
-    nll = blocked(-tlp.astype(np.float64))
-    n = len(tlp)
-    chars, nbytes = blocked(n_chars), blocked(n_bytes)
-    return {"n_positions": n, "nll_sum_nats": nll, "nll_mean": nll / n, "ppl": math.exp(nll / n),
-            "bpc": nll / math.log(2) / chars if chars else None,
-            "bpb": nll / math.log(2) / nbytes if nbytes else None,
-            "acc": blocked(correct) / n, "n_chars": int(chars), "n_bytes": int(nbytes)}
+    # one definition for the single writer and for finalising a sharded store (bit-identical metrics)
+    return position_metrics(tlp, correct, n_chars, n_bytes)
 
 
 def preflight(spec: RunSpec) -> None:
@@ -271,10 +268,20 @@ def early_store_path(spec: RunSpec) -> Path | None:
     return default_store(spec, dtype, protocol, min(spec.extract.top_k, vocab))
 
 
-def _take(path: Path, spec: RunSpec) -> WriterLock:
+def _writer_lock(path: Path, spec: RunSpec) -> WriterLock | Lease:
+    """A shard's lease; a single writer's flock, or its lease (extract.lock=lease, or auto under SLURM)."""
+    ex = spec.extract
+    if ex.num_shards > 1:
+        return Lease(lease_file(path, f"shard-{ex.shard}"), what=f"{path} shard {ex.shard}")
+    if ex.lock == "lease" or (ex.lock == "auto" and job_identity()["job"] is not None):
+        return Lease(lease_file(path, "writer"), what=str(path))
+    return WriterLock.for_store(path)
+
+
+def _take(path: Path, spec: RunSpec) -> WriterLock | Lease:
     """Refuse a path that is not a store of this project, lock it, refuse a complete store (unless told)."""
     store_kind(path)
-    lock = WriterLock.for_store(path)
+    lock = _writer_lock(path, spec)
     lock.acquire()
     try:
         if not (spec.overwrite or spec.skip_existing):
@@ -290,6 +297,7 @@ CLASSIFICATION_LOADERS = ("cifar", "tiny_imagenet", "image_folder", "mnist_csv",
 MASKED_LOADERS = ("fasta", "sequence_csv")
 
 
+@on_own_gpu  # a job of a multi-GPU joblib sweep claims a GPU of its own
 def extract(spec: RunSpec, lm: LoadedModel | None = None):
     """Run one extraction to a complete store; returns the opened Store.
 
@@ -300,6 +308,12 @@ def extract(spec: RunSpec, lm: LoadedModel | None = None):
     (preflight), the store path (not a store of this project: NotAStoreError; complete: StoreExistsError) and
     its writer lock (another writer: StoreLockedError). The lock is held from then on until the store is done.
     """
+    if spec.extract.num_shards > 1 and spec.dataset.loader in CLASSIFICATION_LOADERS + MASKED_LOADERS:
+        raise ConfigError(f"extract.num_shards={spec.extract.num_shards}: only text and task datasets are written "
+                          f"in shards, not {spec.dataset.loader!r}; use extract.num_shards=1")
+    if spec.extract.num_shards > 1 and spec.overwrite:
+        raise ConfigError("overwrite=true with extract.num_shards > 1 would delete the other shards' chunks; remove "
+                          "the store first (`python -m pipeline.stores rm PATH`), then run the shards")
     if spec.dataset.loader in CLASSIFICATION_LOADERS:
         from .images import extract_classification
 
@@ -350,8 +364,9 @@ def _write(spec: RunSpec, lm: LoadedModel, task, docs, protocol: Protocol, K: in
         ts = build_task_stream(task, lm.tokenizer, protocol, lm.bos_id)
         check_tables(ts.tables)
         stream = ts.stream
-    else:
-        stream = build_stream(docs.texts, lm.tokenizer, protocol, lm.bos_id)
+    else:  # word-level arrays (DESIGN section 7) for text stores whose tokenizer passes the property test
+        words_info, bow_mask = plan_word_arrays(spec.extract.word_arrays, lm.tokenizer, lm.n_classes)
+        stream = build_stream(docs.texts, lm.tokenizer, protocol, lm.bos_id, word_start=bow_mask is not None)
     windows = select_windows(stream.windows(), spec.extract.max_positions)
     N = windows.n_positions
     if N == 0:
@@ -361,6 +376,10 @@ def _write(spec: RunSpec, lm: LoadedModel, task, docs, protocol: Protocol, K: in
     attrs = provenance(spec, lm, docs, stream, K)
     if ts is not None:
         attrs["task"] = ts.attrs
+    else:
+        attrs["tokenizer"] = {**attrs["tokenizer"], **words_info}
+        if bow_mask is None:
+            log.info("no word-level arrays (bow_logmass, word_start): %s", words_info["word_arrays"]["reason"])
     if spec.skip_existing and not spec.overwrite:
         done = _complete_store(path, setting_hash(attrs))
         if done is not None:
@@ -373,10 +392,15 @@ def _write(spec: RunSpec, lm: LoadedModel, task, docs, protocol: Protocol, K: in
              spec.dataset.name, spec.dataset.split, N, len(windows), protocol.context_length, protocol.stride, K, path)
 
     optional = (("entropy",) if spec.extract.entropy else ()) + (("item_id", "option_id") if ts is not None else ())
+    bow = None
+    if ts is None and bow_mask is not None:
+        optional += ("bow_logmass", "word_start")
+        bow = torch.from_numpy(bow_mask).to(lm.device)
     writer = StoreWriter(path, n_positions=N, top_k=spec.extract.top_k, n_classes=lm.n_classes, logprob_dtype=spec.extract.logprob_dtype,
                          attrs=attrs, setting_hash=setting_hash(attrs), chunk_size=spec.extract.chunk_size,
                          overwrite=spec.overwrite, optional=optional, lock=lock,
-                         kind="task" if ts is not None else "text")
+                         kind="task" if ts is not None else "text",
+                         shard=(spec.extract.shard, spec.extract.num_shards))
     with writer:
         write_tables(writer, lm, spec.extract)
         for name, table in (ts.tables if ts is not None else {}).items():
@@ -384,7 +408,7 @@ def _write(spec: RunSpec, lm: LoadedModel, task, docs, protocol: Protocol, K: in
         b0 = batches.first_containing(writer.n_done)
         start = int(windows.offset[batches.bounds(b0)[0]]) if b0 < batches.n else N
         keep: dict[str, list] = {"target_logprob": [], "target_rank": [], "target_ties": []}
-        if start > 0:  # resumed: the prefix's metrics come from the store
+        if start > 0 and not writer.shard:  # resumed: the prefix's metrics come from the store
             prev = open_store(path, allow_partial=True).read(list(keep), 0, start)
             for k in keep:
                 keep[k].append(prev[k])
@@ -394,13 +418,15 @@ def _write(spec: RunSpec, lm: LoadedModel, task, docs, protocol: Protocol, K: in
         for b in range(b0, batches.n):
             lo, hi = batches.bounds(b)
             pos = int(windows.offset[lo])
+            if pos >= writer.stop:  # a shard: the rest belongs to the next shards
+                break
             meta = stream.position_arrays(windows, lo, hi)
             if len(meta["targets"]) == 0:  # a batch of windows without targets (only BOS tokens)
                 continue
             ids, mask, rows = batches.inputs(b, lm.device)
             tgt = torch.from_numpy(meta["targets"].astype(np.int64)).to(lm.device)
             where = f"(batch {b}, positions {pos}..{int(windows.offset[hi])})"
-            out = score_batch(lm, ids, mask, rows, tgt, K, spec.extract.entropy, chunk, where)
+            out = score_batch(lm, ids, mask, rows, tgt, K, spec.extract.entropy, chunk, where, bow)
             out["topk_logprobs"] = out["topk_logprobs"].astype(lp_dtype)
             writer.write(pos, **meta, **out)
             for k in keep:
@@ -408,6 +434,13 @@ def _write(spec: RunSpec, lm: LoadedModel, task, docs, protocol: Protocol, K: in
             bar.update(len(meta["targets"]))
         bar.close()
         elapsed = time.perf_counter() - t0
+        if writer.shard:  # the metrics need every shard's rows: `finalize` computes them from the store
+            n_run = writer.stop - max(start, writer.start)
+            writer.close(extra_attrs={"host": platform.node(), "job": job_identity()["job"], "elapsed_s": elapsed,
+                                      "positions": n_run, "tokens_per_s": n_run / elapsed if elapsed else None,
+                                      "resumed_from": start if start > writer.start else None})
+            lock.release()  # before finalizing: finalize waits for no shard to hold its lease
+            return _shard_done(spec, path, writer)
         allpos = stream.position_arrays(windows, 0, len(windows))
         got = {k: np.concatenate(v) for k, v in keep.items()}
         metrics = _metrics(got["target_logprob"], (got["target_rank"] == 0) & (got["target_ties"] == 0),
@@ -429,6 +462,20 @@ def _write(spec: RunSpec, lm: LoadedModel, task, docs, protocol: Protocol, K: in
              spec.model.name, spec.dataset.name, spec.dataset.split, metrics["ppl"],
              _fmt(metrics["bpc"]), _fmt(metrics["bpb"]), metrics["acc"], N,
              metrics["tokens_per_s_this_run"] or 0.0, path)
+    return store
+
+
+def _shard_done(spec: RunSpec, path: Path, writer: StoreWriter):
+    """After a shard: finalize the store if every shard is done (else it stays partial); the Store either way."""
+    i, S = writer.shard
+    store = finalize_if_ready(path)
+    if store is None:
+        log.info("%s on %s/%s: shard %d of %d done (positions %d..%d) -> %s", spec.model.name, spec.dataset.name,
+                 spec.dataset.split, i, S, writer.start, writer.stop, path)
+        return open_store(path, allow_partial=True)
+    m = store.attrs["metrics"]
+    log.info("%s on %s/%s: shard %d of %d done; all %d shards finalized: PPL %s  ACC %s -> %s", spec.model.name,
+             spec.dataset.name, spec.dataset.split, i, S, S, _fmt(m.get("ppl")), _fmt(m.get("acc")), path)
     return store
 
 

@@ -20,6 +20,9 @@ fixed partition, so a resumed extraction replays them identically.
 n_chars / n_bytes of a target: characters / UTF-8 bytes from the end of the previous target's span
 to the end of this one (the first scored token absorbs what precedes it, the last one what trails
 it), so they sum to the scored text's length.
+
+word_start of a target (`build_stream(..., word_start=True)`, DESIGN section 7): 1 when the token starts at
+a word boundary of its document, the token's start being the end of the token before it (`words.py`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..logs import warn_once
+from . import words
 from .errors import ConfigError, EmptyDatasetError
+from .words import boundaries, token_starts
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ class Segment:
     doc_id: np.ndarray     # (T,) int32
     item_id: np.ndarray | None = None    # (T,) int32, task streams only (see pipeline/extraction/tasks.py)
     option_id: np.ndarray | None = None  # (T,) int32
+    word_start: np.ndarray | None = None  # (T,) uint8, valid where scored (build_stream(word_start=True))
 
 
 @dataclasses.dataclass
@@ -106,6 +112,8 @@ class TokenStream:
         keys = ("seq", "n_chars", "n_bytes", "doc_id")
         if self.segments and self.segments[0].item_id is not None:
             keys += ("item_id", "option_id")
+        if self.segments and self.segments[0].word_start is not None:
+            keys += ("word_start",)
         parts: dict[str, list] = {k: [] for k in keys}
         for i in range(lo, hi):
             s = self.segments[w.seg[i]]
@@ -115,7 +123,7 @@ class TokenStream:
                 parts[k].append(getattr(s, k)[sl][mask])
         out = {k: np.concatenate(v) if v else np.zeros(0, np.int32) for k, v in parts.items()}
         out["targets"] = out.pop("seq").astype(np.int32)
-        return {k: v.astype(np.int32) for k, v in out.items()}
+        return {k: v.astype(np.uint8 if k == "word_start" else np.int32) for k, v in out.items()}
 
 
 def make_windows(lengths: Sequence[int], scored: Sequence[np.ndarray], p: Protocol) -> Windows:
@@ -187,8 +195,23 @@ def check_tokenizer(tokenizer, protocol: Protocol, bos_id: int | None) -> None:
         raise ConfigError("protocol bos='document' but the tokenizer has no BOS or EOS token: set bos=none")
 
 
-def build_stream(docs: Sequence[str], tokenizer, protocol: Protocol, bos_id: int | None) -> TokenStream:
-    """Tokenise the documents (fast tokenizer, offsets) into the segments of the protocol."""
+def _word_start_joined(ends: np.ndarray, doc: np.ndarray, docs: list[str], starts: np.ndarray) -> np.ndarray:
+    """word_start of the tokens of a joined text: a token's start (the previous token's end) is a word boundary
+    of its own document (offsets relative to that document's first character)."""
+    tok_start = token_starts(ends)
+    rel = tok_start - starts[doc]
+    nonempty = np.maximum.accumulate(np.asarray(ends, dtype=np.int64)) > tok_start  # see words.word_start
+    out = np.zeros(len(ends), np.uint8)
+    for k in np.unique(doc):
+        sel = np.flatnonzero(doc == k)
+        out[sel] = np.isin(rel[sel], boundaries(docs[k])) & nonempty[sel]
+    return out
+
+
+def build_stream(docs: Sequence[str], tokenizer, protocol: Protocol, bos_id: int | None,
+                 word_start: bool = False) -> TokenStream:
+    """Tokenise the documents (fast tokenizer, offsets) into the segments of the protocol; with word_start,
+    each segment gets its targets' word_start (DESIGN section 7)."""
     check_tokenizer(tokenizer, protocol, bos_id)
     docs = list(docs)
     if not docs or not any(docs):
@@ -210,7 +233,8 @@ def build_stream(docs: Sequence[str], tokenizer, protocol: Protocol, bos_id: int
                 ends = np.concatenate([[0], ends])
             nc, nb = _spans(ends, scored, len(text), _byte_offsets(text))
             n_text += int(nc.sum())
-            segments.append(Segment(seq, scored, nc, nb, np.full(len(seq), k, np.int32)))
+            ws = words.word_start(text, token_starts(ends), ends) if word_start else None
+            segments.append(Segment(seq, scored, nc, nb, np.full(len(seq), k, np.int32), word_start=ws))
     else:
         text = protocol.separator.join(docs)
         starts = np.cumsum([0] + [len(x) + len(protocol.separator) for x in docs[:-1]])
@@ -234,7 +258,8 @@ def build_stream(docs: Sequence[str], tokenizer, protocol: Protocol, bos_id: int
             scored[0] = False
         nc, nb = _spans(ends, scored, len(text), _byte_offsets(text))
         n_text = int(nc.sum())
-        segments.append(Segment(tok, scored, nc, nb, doc))
+        ws = _word_start_joined(ends, doc, docs, starts) if word_start else None
+        segments.append(Segment(tok, scored, nc, nb, doc, word_start=ws))
     exact = n_inexact == 0
     if not exact:
         warn_once(log, "round_trip", "decode(encode(text)) != text for %d of %d texts (tokenizer %s): "

@@ -22,9 +22,66 @@ TAILS_ATTR = "chunk_crc32c"  # the crc32c each chunk file ended with at completi
 _POSITIVE_INTS = ("n_positions", "top_k", "n_classes", "chunk_size")
 
 
-def chunk_file(store_dir, name: str, arr, coords) -> Path:
+class UrlPath:
+    """A file or folder in an fsspec filesystem (``memory://...``, ``s3://...``), with the few pathlib methods the
+    checks use (``/``, is_file, open, read_text, name), so a store at a URL gets the same checks as one on disk."""
+
+    def __init__(self, url: str, fs=None, path: str | None = None):
+        import fsspec
+
+        if fs is None:
+            fs, path = fsspec.core.url_to_fs(url)
+        self.url, self.fs, self._path = url.rstrip("/"), fs, path.rstrip("/")
+
+    def __truediv__(self, other) -> UrlPath:
+        return UrlPath(f"{self.url}/{other}", self.fs, f"{self._path}/{other}")
+
+    def __str__(self) -> str:
+        return self.url
+
+    __repr__ = __str__
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, UrlPath) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    @property
+    def name(self) -> str:
+        return self._path.rsplit("/", 1)[-1]
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(p for p in self._path.split("/") if p)
+
+    def is_file(self) -> bool:
+        return self.fs.isfile(self._path)
+
+    def is_dir(self) -> bool:
+        return self.fs.isdir(self._path)
+
+    def open(self, mode: str = "rb"):
+        return self.fs.open(self._path, mode)
+
+    def read_text(self) -> str:
+        with self.fs.open(self._path, "rb") as f:
+            return f.read().decode()
+
+
+def location(path) -> Path | UrlPath:
+    """A store's place: a local Path (also for ``file://`` URLs) or a `UrlPath` for any other fsspec URL."""
+    if isinstance(path, (Path, UrlPath)):
+        return path
+    s = str(path)
+    if s.startswith("file://"):
+        return Path(s[len("file://"):])
+    return UrlPath(s) if "://" in s else Path(s)
+
+
+def chunk_file(store_dir, name: str, arr, coords) -> Path | UrlPath:
     """The file holding the chunk at grid ``coords`` of array ``name``."""
-    return Path(store_dir) / name / arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
+    return location(store_dir) / name / arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
 
 
 def chunk_grid(arr, rows: int | None = None) -> Iterator[tuple[int, ...]]:
@@ -41,7 +98,7 @@ def chunk_slices(arr, coords) -> tuple[slice, ...]:
 
 def open_array(path: Path, group, name: str):
     """``group[name]``, with a typed error naming the file when its metadata is absent or unparsable."""
-    meta = Path(path) / name / "zarr.json"
+    meta = location(path) / name / "zarr.json"
     try:
         return group[name]
     except KeyError:
@@ -78,7 +135,7 @@ def layout_problems(path: Path, group, attrs: dict, n_valid: int) -> list[Corrup
     must have a file when the digests recorded at completion say it had one (an all-fill table chunk is not
     stored by Zarr, so older stores cannot tell).
     """
-    path = Path(path)
+    path = location(path)
     problems = attr_problems(path, attrs)
     if problems:
         return problems
@@ -150,7 +207,7 @@ def _array_problems(path, name, arr, spec, n, k, cs, logprob_dtype) -> list[Corr
 def file_tail(f: Path) -> str | None:
     """The last 4 bytes of a chunk file as hex: the crc32c Zarr's Crc32cCodec appended (None if unreadable)."""
     try:
-        with open(f, "rb") as fh:
+        with f.open("rb") as fh:
             fh.seek(-4, 2)
             return fh.read(4).hex()
     except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .integrity import (
     chunk_file,
     describe_missing,
     layout_problems,
+    location,
     missing_chunks,
     open_array,
     raise_first,
@@ -38,7 +40,7 @@ class Store:
     """
 
     def __init__(self, path: Path, group: zarr.Group, attrs: dict, n_valid: int):
-        self.path = Path(path)
+        self.path = location(path)  # a Path, or an fsspec URL (integrity.UrlPath)
         self.group = group
         self.attrs = attrs
         self.n = int(attrs["n_positions"])
@@ -246,11 +248,11 @@ def open_store(path, allow_partial: bool = False, check: bool = True) -> Store:
     (MissingChunkError). These checks list files and read no data; ``check=False`` skips the last two (for
     `verify`, which reports every problem instead of the first).
     """
-    path = Path(path)
+    path = location(path)
     if not (path / "zarr.json").is_file():
         raise StoreNotFoundError(f"no store at {path} (no zarr.json); list stores with `python -m pipeline.stores ls`")
     try:
-        group = zarr.open_group(path, mode="r")
+        group = zarr.open_group(path if isinstance(path, Path) else str(path), mode="r")
         attrs = dict(group.attrs)
     except Exception as e:  # JSONDecodeError, a node that is not a group, ...: the metadata is damaged
         raise CorruptStoreError(f"{path}: cannot parse {path / 'zarr.json'} ({type(e).__name__}: {e}); the store "
@@ -272,7 +274,9 @@ def open_store(path, allow_partial: bool = False, check: bool = True) -> Store:
         n_valid = int(attrs["n_positions"])
     else:
         try:
-            n_valid = int(read_progress(path)["n_done"])
+            n_valid = int(read_progress(path)["n_done"] if isinstance(path, Path) else
+                          (json.loads((path / PROGRESS_FILE).read_text()) if (path / PROGRESS_FILE).is_file()
+                           else {"n_done": 0})["n_done"])
         except Exception as e:  # unparsable progress file
             raise CorruptStoreError(f"{path}: cannot read {path / PROGRESS_FILE} ({type(e).__name__}: {e}); remove "
                                     "the partial store with `python -m pipeline.stores rm --partial`",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-ARCHS = ("lstm", "gru", "transformer", "simple_transformer")
+ARCHS = ("lstm", "gru", "transformer", "simple_transformer", "esm")  # esm: a masked protein LM (training/masked.py)
 
 
 class TrainConfigError(ValueError):
@@ -45,7 +45,7 @@ class TrainSpec:
         if self.arch == "simple_transformer" and not self.tokenizer:
             raise TrainConfigError("train.tokenizer is required for simple_transformer (a HF tokenizer: hub id, "
                                    "directory, or package:<module> with train.tokenizer_gguf_file)")
-        if self.arch == "transformer" and self.embed_size % self.nhead:
+        if self.arch in ("transformer", "esm") and self.embed_size % self.nhead:
             raise TrainConfigError(f"train.embed_size={self.embed_size} must be divisible by nhead={self.nhead}")
         for key in ("epochs", "batch_size", "grad_accum", "seq_len", "embed_size"):
             if getattr(self, key) < 1:
@@ -53,6 +53,10 @@ class TrainSpec:
 
 
 def train_spec_from_dict(d: dict) -> TrainSpec:
+    from .image_config import IMAGE_ARCHS, image_train_spec_from_dict
+
+    if d.get("arch") in IMAGE_ARCHS:  # image classifiers: their own spec (training/image_config.py)
+        return image_train_spec_from_dict(d)
     names = {f.name for f in dataclasses.fields(TrainSpec)}
     unknown = sorted(set(d) - names)
     if unknown:

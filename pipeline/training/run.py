@@ -30,11 +30,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# GPT-2's byte-level BPE as two plain files (OpenAI's release names them encoder.json / vocab.bpe)
+GPT2_FILES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
+
+
+def gpt2_bpe_files(directory: Path) -> tuple[Path, Path] | None:
+    """(vocab, merges) of a GPT-2 BPE in `directory` or its data/ folder, when it has no tokenizer.json."""
+    for d in (directory, directory / "data"):
+        if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
+            return None
+        for vocab, merges in GPT2_FILES:
+            if (d / vocab).is_file() and (d / merges).is_file():
+                return d / vocab, d / merges
+    return None
+
+
+def gpt2_tokenizer_from_files(vocab_file: Path, merges_file: Path):
+    """GPT2TokenizerFast from a vocabulary JSON and a merges file (first line '#version: ...' skipped)."""
+    from transformers import GPT2TokenizerFast
+
+    vocab = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
+    lines = Path(merges_file).read_text(encoding="utf-8").split("\n")
+    merges = [tuple(x.split()) for x in lines if x.strip() and not x.startswith("#version")]
+    return GPT2TokenizerFast(vocab=vocab, merges=merges)
+
+
 def load_tokenizer(spec: TrainSpec):
+    """A HF tokenizer: hub id, directory or package:<module> (a GGUF file in it with tokenizer_gguf_file), or
+    a directory / package holding a GPT-2 BPE as vocab.json + merges.txt (or encoder.json + vocab.bpe)."""
     from transformers import AutoTokenizer
 
     src = str(package_dir(spec.tokenizer)) if spec.tokenizer.startswith("package:") else spec.tokenizer
     kwargs = {"gguf_file": spec.tokenizer_gguf_file} if spec.tokenizer_gguf_file else {}
+    files = gpt2_bpe_files(Path(src).expanduser()) if not kwargs and Path(src).expanduser().is_dir() else None
+    if files is not None:
+        return gpt2_tokenizer_from_files(*files)
     return AutoTokenizer.from_pretrained(src, **kwargs)
 
 
@@ -72,6 +102,15 @@ def encode_stream(texts: list[str], tokenizer, eos_id: int, cap: int | None) -> 
 def train(spec: TrainSpec, dataset_spec, out: Path, overwrite: bool = False, resolved: dict | None = None,
           progress: bool = True) -> Path:
     """Train and save to ``out``; an already trained model there is reused unless ``overwrite``."""
+    if spec.arch in ("image_finetune", "image_resnet"):  # image classifiers (training/images.py)
+        from .images import train_image_classifier
+
+        return train_image_classifier(spec, dataset_spec, out, overwrite=overwrite, resolved=resolved,
+                                      progress=progress)
+    if spec.arch == "esm":  # a masked protein LM on a sequence dataset
+        from .masked import train_masked
+
+        return train_masked(spec, dataset_spec, out, overwrite=overwrite, resolved=resolved, progress=progress)
     out = Path(out)
     if (out / MARKER).exists() and not overwrite:
         log.info("%s is already trained (%s); reusing it (overwrite=true retrains)", spec.name, out)

@@ -11,7 +11,10 @@ pipeline.store.synthetic.zipf_blocks), 101 weights:
   * a multiple-choice task (--task-items items x 4 options x 3-7 tokens, Zipf-shaped a, b): the fused ACC /
     ACC_norm / ACC_bytes sweep (kernels.mc_counts) against the NumPy reference (tests/reference.py:
     task_option_scores + task_margins, ACC and ACC_norm) on the same data in the same run, and the grid-refined
-    ACC and ACC_norm optima. `--task-only` runs only this part and rewrites only its section of the markdown.
+    ACC and ACC_norm optima. `--task-only` runs only this part and rewrites only its section of the markdown;
+  * word-level fusion (analysis.WordPair) on the same pair with synthetic word arrays: segments + alignment and
+    the 101-weight sweep, as a ratio to the token-level sweep, and the exact word-level NLL optimum.
+    `--words-only` runs only this part and rewrites only its section.
 
     .venv/bin/python tests/benchmarks/bench_analysis.py [--n 2000000] [--subset 20000] [--repeat 3]
 """
@@ -185,6 +188,75 @@ def task_section(args, w):
     return lines
 
 
+WORDS_BEGIN = "<!-- word-level benchmark: begin -->"
+WORDS_END = "<!-- word-level benchmark: end -->"
+
+
+def with_word_arrays(stores, seed=0, p_start=0.25):
+    """The pair with synthetic word arrays: word_start ~ Bernoulli(p_start) (one start pattern for both: one text),
+    bow_logmass per model somewhere between the target's log-prob and 0 at word starts."""
+    rng = np.random.default_rng(seed)
+    n = stores[0].n
+    ws = (rng.random(n) < p_start).astype(np.uint8)
+    out = []
+    for s in stores:
+        tlp = s.arrays["target_logprob"].astype(np.float64)
+        p = np.exp(tlp)
+        bow = np.where(ws == 1, np.log(p + (1 - p) * rng.random(n)), np.log(0.05 + 0.9 * rng.random(n)))
+        arrays = dict(s.arrays, bow_logmass=bow.astype(np.float32), word_start=ws)
+        attrs = {k: s.attrs[k] for k in ("model", "tokenizer", "dataset", "protocol")}
+        out.append(MemoryStore(arrays, n_classes=s.n_classes, attrs=attrs))
+    return out
+
+
+def word_section(args, w, stores=None):
+    """The word-level row: WordPair (segments + alignment) and its sweep, as a ratio to the token-level sweep."""
+    from analysis import WordPair
+
+    lines = [WORDS_BEGIN, ""]
+    say = lambda s="": (print(s, flush=True), lines.append(s))  # noqa: E731
+    WordPair(*with_word_arrays(make_pair(5000, args.k, seed=1))).sweep(w)  # warm up (cache load)
+    PairData.load(*make_pair(5000, args.k, seed=1))
+    sa, sb = with_word_arrays(stores or make_pair(args.n, args.k))
+    t_tok, _ = best_of(lambda: sweep_frame(PairData.load(sa, sb), w), args.repeat, "tok_sweep")
+    t_seg, wp = best_of(lambda: WordPair(sa, sb, order="given"), args.repeat, "word_segments")
+    t_grid, frame = best_of(lambda: wp.sweep(w), args.repeat, "word_grid")
+    wp._optimum = None
+    t_opt, opt = best_of(lambda: (setattr(wp, "_optimum", None), wp.optimum())[1], 1)
+    t_word = t_seg + t_grid
+    say(f"## Word-level fusion: {args.n:,} positions, {wp.data.n:,} word segments, {args.weights} weights")
+    say()
+    say("The same Zipf-shaped pair with synthetic word arrays (`with_word_arrays`: a word start at 1 position in 4, "
+        f"bow_logmass between the target's probability and 1). Best of {args.repeat} runs after a warm-up, arrays in "
+        f"memory; load average {os.getloadavg()[0]:.1f} at the end.")
+    say()
+    say("| step | time (s) | note |")
+    say("|---|---|---|")
+    say(f"| token-level sweep (phase 1 + 2, fused NLL + certified ACC + T/F/N) | {t_tok:.3f} | the reference of the "
+        "ratio |")
+    say(f"| word segments of both stores + alignment (`WordPair(...)`, one Numba pass each) | {t_seg:.3f} | "
+        f"reads target_logprob, bow_logmass, word_start, n_bytes, n_chars, doc_id |")
+    say(f"| word-level grid (`WordPair.sweep`: NLL, BPB, BPC, word PPL over the weights) | {t_grid:.3f} | |")
+    say(f"| **word-level sweep** (segments + grid) | **{t_word:.3f}** | **{t_word / t_tok:.2f}x** the token-level "
+        "sweep |")
+    say(f"| exact word-level NLL optimum and improvement domain | {t_opt:.3f} | alpha_nll = {opt.alpha_nll:.4g}, "
+        f"D_nll = {opt.d_nll:.4g} |")
+    say()
+    say(WORDS_END)
+    return lines
+
+
+def replace_section(path: Path, section: list[str], begin: str, end: str) -> None:
+    """Replace the lines between the markers ``begin`` and ``end`` in ``path`` (appended when absent)."""
+    text = path.read_text() if path.is_file() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + "\n".join(section) + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+    path.write_text(text)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2_000_000)
@@ -200,21 +272,23 @@ def main():
     ap.add_argument("--task-items", type=int, default=20_000)
     ap.add_argument("--task-only", action="store_true",
                     help="run only the multiple-choice task rows and replace only their section of --out")
+    ap.add_argument("--words-only", action="store_true",
+                    help="run only the word-level rows and replace only their section of --out")
     args = ap.parse_args()
     w = np.linspace(0, 1, args.weights)
+    if args.words_only:
+        wait_quiet(args.wait_quiet)
+        section = word_section(args, w)
+        cmd = " ".join([".venv/bin/python", "tests/benchmarks/bench_analysis.py", *sys.argv[1:]])
+        section[2:2] = [f"Word-level section re-run alone: `{cmd}`.", ""]
+        replace_section(Path(args.out), section, WORDS_BEGIN, WORDS_END)
+        return
     if args.task_only:
         wait_quiet(args.wait_quiet)
         section = task_section(args, w)
-        path = Path(args.out)
-        text = path.read_text() if path.is_file() else ""
         cmd = " ".join([".venv/bin/python", "tests/benchmarks/bench_analysis.py", *sys.argv[1:]])
         section[2:2] = [f"Task section re-run alone: `{cmd}`; load average {os.getloadavg()[0]:.1f} at its end.", ""]
-        if TASK_BEGIN in text and TASK_END in text:
-            head, rest = text.split(TASK_BEGIN, 1)
-            text = head + "\n".join(section) + rest.split(TASK_END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
-        path.write_text(text)
+        replace_section(Path(args.out), section, TASK_BEGIN, TASK_END)
         return
     lines = []
     say = lambda s="": (print(s, flush=True), lines.append(s))  # noqa: E731
@@ -312,6 +386,7 @@ def main():
         f"{frame['ppl'].min():.3f} (grid min) vs A alone {frame['ppl'][-1]:.3f}.")
     if args.task_items:
         lines += [""] + task_section(args, w)
+    lines += [""] + word_section(args, w, stores=(sa, sb))
     Path(args.out).write_text("\n".join(lines) + "\n")
 
 
