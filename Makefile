@@ -7,7 +7,7 @@ STAMP   := .venv/.installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup demo demo-quick notebooks test test-slow reliability lint law bench bench-store bench-extract bench-analysis clean-stores
+.PHONY: help setup demo demo-quick notebooks test test-slow reliability lint law bench bench-store bench-extract bench-analysis bench-scale clean-stores
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -30,16 +30,22 @@ $(STAMP): pyproject.toml
 DEMO    ?= stores/demo
 DEMO_DOCS ?= 300
 DEMO_TRAIN_ARGS ?=
-DEMO_MODELS = $(DEMO)/_models/lstm-e32,$(DEMO)/_models/lstm-e128,$(DEMO)/_models/lstm-e512,$(DEMO)/_models/simple-transformer-smollm2
+DEMO_MODELS = $(DEMO)/_models/lstm-e32,$(DEMO)/_models/lstm-e128,$(DEMO)/_models/lstm-e512,$(DEMO)/_models/simple-transformer-smollm2,$(DEMO)/_models/simple-transformer-gpt2
+DEMO_RESNETS = $(DEMO)/_models/resnet-digits-w4,$(DEMO)/_models/resnet-digits-w8,$(DEMO)/_models/resnet-digits-w16
 DEMO_EXTRACT = $(PY) -m pipeline.extract -m +experiment=demo_extract paths.stores=$(DEMO) dataset.n_documents=$(DEMO_DOCS) dataset.split=valid,test
 
 demo: setup  ## the whole pipeline on the embedded default: train, extract, sweep with held-out weights, plots
 	# 1. models trained here: an LSTM family (one vocabulary) and a SimpleTransformer on SmolLM2's tokenizer
 	$(PY) -m pipeline.train -m +experiment=demo_lstm paths.stores=$(DEMO) train.embed_size=32,128,512 $(DEMO_TRAIN_ARGS)
 	$(PY) -m pipeline.train +experiment=demo_simple_transformer paths.stores=$(DEMO) $(DEMO_TRAIN_ARGS)
+	#    ... the same recipe on the GPT-2 BPE tokenizer (another byte-level vocabulary: fused with SmolLM2 at the word level)
+	$(PY) -m pipeline.train +experiment=demo_simple_transformer_gpt2 paths.stores=$(DEMO) $(DEMO_TRAIN_ARGS)
+	#    ... three small ResNets (widths 4, 8, 16) on 5,000 real MNIST digits (appendix C.1 at toy scale)
+	$(PY) -m pipeline.train -m +experiment=demo_images paths.stores=$(DEMO) train.width=4,8,16
 	# 2. one store per model and wiki_vital split (valid chooses weights, test reports); complete ones are reused
 	$(DEMO_EXTRACT) model.name_or_path=$(DEMO_MODELS)
 	$(DEMO_EXTRACT) model=smollm2-135m-gguf
+	$(PY) -m pipeline.extract -m +experiment=demo_images_extract paths.stores=$(DEMO) dataset.split=valid,test model.name_or_path=$(DEMO_RESNETS)
 	# 3. every compatible pair: exact optima, held-out weights, bootstrap intervals, the paper-style table, plots
 	$(PY) -m analysis.sweep stores=$(DEMO) analysis.plots=true hydra.run.dir=$(DEMO)/_runs/sweep
 	$(PY) -m analysis.law stores=$(DEMO) hydra.run.dir=$(DEMO)/_runs/law > /dev/null
@@ -73,7 +79,7 @@ law: setup  ## AR law, bootstrap intervals, appendix A checks, RBP, multi-model 
 lint: setup  ## ruff
 	$(PY) -m ruff check pipeline analysis tests
 
-bench: bench-store bench-extract bench-analysis  ## every benchmark; results in tests/benchmarks/*.md
+bench: bench-store bench-extract bench-analysis bench-scale  ## every benchmark; results in tests/benchmarks/*.md
 
 bench-store: setup  ## storage figures -> tests/benchmarks/store.md
 	$(PY) tests/benchmarks/bench_store.py
@@ -83,6 +89,9 @@ bench-extract: setup  ## extraction overhead -> tests/benchmarks/extract.md
 
 bench-analysis: setup  ## analysis kernels -> tests/benchmarks/analysis.md
 	$(PY) tests/benchmarks/bench_analysis.py
+
+bench-scale: setup  ## Dask analysis of a pair 10x larger than an enforced memory cap -> tests/benchmarks/scale.md
+	$(PY) tests/benchmarks/bench_scale.py
 
 clean-stores:  ## remove unfinished stores under stores/
 	$(PY) -m pipeline.stores rm --partial stores

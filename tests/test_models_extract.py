@@ -82,7 +82,10 @@ def test_batched_windows_match_batch_size_one(models, data, tmp_path):
     four = extract(RunSpec(**{**spec.__dict__, "model": ModelSpec(**{**spec.model.__dict__, "batch_size": 4})}))
     x, y = one.read(["target_logprob", "topk_logprobs", "targets"]), four.read(["target_logprob", "topk_logprobs", "targets"])
     np.testing.assert_array_equal(x["targets"], y["targets"])
-    np.testing.assert_allclose(x["target_logprob"], y["target_logprob"], atol=1e-5)
+    # Batches of 4 padded windows run other float32 matmul shapes than batches of 1 (other blocking, other
+    # summation order): log-probs differ by a few float32 ulps per layer, ~1e-5 here; a padding or mask bug
+    # moves them by orders of magnitude more.
+    np.testing.assert_allclose(x["target_logprob"], y["target_logprob"], rtol=1e-5, atol=5e-5)
 
 
 def test_param_counts_exclude_embeddings(models):

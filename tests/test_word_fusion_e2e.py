@@ -61,8 +61,14 @@ def _brute_segments(model_dir, tok) -> list[list[tuple[mp.mpf, int]]]:
     out = []
     for text in TEXTS:
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, ends = enc["input_ids"], np.maximum.accumulate([e for _, e in enc["offset_mapping"]])
-        starts = np.concatenate([[0], ends[:-1]])  # a token starts where the previous one ends
+        ids, raw = enc["input_ids"], enc["offset_mapping"]
+        ends = np.maximum.accumulate([e for _, e in raw])
+        # a token starts where the previous one ends, unless it is a later byte piece of the character the previous
+        # token began (byte-level BPE splits multi-byte characters: the pieces share the character's offsets)
+        starts = np.concatenate([[0], ends[:-1]])
+        for i in range(1, len(ids)):
+            if raw[i][0] < ends[i - 1]:
+                starts[i] = starts[i - 1]
         lp = torch.log_softmax(model(torch.tensor([[bos] + ids])).logits[0, :-1], -1).numpy()
         with mp.workdps(40):
             tok_lp = [mp.mpf(float(lp[i, t])) for i, t in enumerate(ids)]
@@ -88,7 +94,8 @@ def test_pipeline_stores_fuse_at_the_word_level_like_the_brute_force(tmp_path):
                        dataset=DatasetSpec(name="docs", split="test", loader="text_file", path=str(data)),
                        extract=ExtractSpec(top_k=8, context_length=120, stride=120, progress=False,
                                            logprob_dtype="float32", word_arrays=True),
-                       store=str(tmp_path / f"{name}.zarr"), stores_root=str(tmp_path), resolved={"test": True})
+                       store=str(tmp_path / f"{name}.zarr"), stores_root=str(tmp_path), overwrite=False,
+                       resolved={"test": True})
         stores.append(extract(spec))
         brute.append(_brute_segments(d, tok))
     wp = WordPair(*stores, order="given")
