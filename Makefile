@@ -32,6 +32,7 @@ DEMO_DOCS ?= 300
 DEMO_TRAIN_ARGS ?=
 DEMO_MODELS = $(DEMO)/_models/lstm-e32,$(DEMO)/_models/lstm-e128,$(DEMO)/_models/lstm-e512,$(DEMO)/_models/simple-transformer-smollm2,$(DEMO)/_models/simple-transformer-gpt2
 DEMO_RESNETS = $(DEMO)/_models/resnet-digits-w4,$(DEMO)/_models/resnet-digits-w8,$(DEMO)/_models/resnet-digits-w16
+DEMO_ESMS = $(DEMO)/_models/esm-tiny,$(DEMO)/_models/esm-small,$(DEMO)/_models/esm-medium
 DEMO_EXTRACT = $(PY) -m pipeline.extract -m +experiment=demo_extract paths.stores=$(DEMO) dataset.n_documents=$(DEMO_DOCS) dataset.split=valid,test
 
 demo: setup  ## the whole pipeline on the embedded default: train, extract, sweep with held-out weights, plots
@@ -42,10 +43,13 @@ demo: setup  ## the whole pipeline on the embedded default: train, extract, swee
 	$(PY) -m pipeline.train +experiment=demo_simple_transformer_gpt2 paths.stores=$(DEMO) $(DEMO_TRAIN_ARGS)
 	#    ... three small ResNets (widths 4, 8, 16) on 5,000 real MNIST digits (appendix C.1 at toy scale)
 	$(PY) -m pipeline.train -m +experiment=demo_images paths.stores=$(DEMO) train.width=4,8,16
+	#    ... three small ESM-2-shaped masked LMs on ~2,100 real bacterial proteins (appendix C.2 at toy scale)
+	$(PY) -m pipeline.train -m +experiment=demo_proteins paths.stores=$(DEMO) train=esm_tiny,esm_small,esm_medium
 	# 2. one store per model and wiki_vital split (valid chooses weights, test reports); complete ones are reused
 	$(DEMO_EXTRACT) model.name_or_path=$(DEMO_MODELS)
 	$(DEMO_EXTRACT) model=smollm2-135m-gguf
 	$(PY) -m pipeline.extract -m +experiment=demo_images_extract paths.stores=$(DEMO) dataset.split=valid,test model.name_or_path=$(DEMO_RESNETS)
+	$(PY) -m pipeline.extract -m +experiment=demo_proteins_extract paths.stores=$(DEMO) dataset.split=valid,test model.name_or_path=$(DEMO_ESMS)
 	# 3. every compatible pair: exact optima, held-out weights, bootstrap intervals, the paper-style table, plots
 	$(PY) -m analysis.sweep stores=$(DEMO) analysis.plots=true hydra.run.dir=$(DEMO)/_runs/sweep
 	$(PY) -m analysis.law stores=$(DEMO) hydra.run.dir=$(DEMO)/_runs/law > /dev/null

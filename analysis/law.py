@@ -10,13 +10,19 @@ points: se(p) = sqrt(SSR / (n - 2) / Sxx), Sxx = sum (log k - mean log k)^2; R^2
 
 CLI: ``python -m analysis.law stores=DIR`` writes law points and fits, bootstrap intervals, RBP, theorem
 checks, vocabulary use and multi-model fusion to the Hydra run directory (see `conf/law.yaml`).
+``analysis.engine=dask`` builds the pairs on the Dask engine (`analysis.sweep.engine_pairs`, as the sweep CLI):
+every pair of every family and dataset goes into one task graph, and the points, fits and held-out weights equal
+the in-memory engine's bit for bit. What needs a pair's every position in memory (bootstrap intervals, theorem
+checks, the mainstay deviation, the fusion's RBP, the similarity variant, multi-model fusion) is not computed
+there; ``not_computed`` and law.md say so. Single-model RBP and vocabulary use stream the stores chunk by chunk
+and are computed on either engine.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +35,16 @@ from .table import markdown
 log = logging.getLogger(__name__)
 
 LAW_METRICS = ("alpha_nll", "alpha_acc", "d_nll", "d_acc")
+RERUN = "rerun with analysis.engine=local"
+# analyses that need a pair's (or a family's) every position in memory: not computed on the dask engine
+NOT_ON_DASK = {
+    "bootstrap": "bootstrap intervals (they resample every position in memory)",
+    "theorems": "appendix A checks (they read the pair's per-position arrays, Pair.data)",
+    "mainstay": "mainstay deviation (it reads the pair's per-position arrays, Pair.data)",
+    "rbp_pairs": "RBP of the fusion (it holds per-position counts of the whole pair)",
+    "similarity": "similarity-based variant (it holds the primary's top-K lists of the whole pair)",
+    "multi": "multi-model fusion (its EM holds every store of the stream in memory)",
+}
 
 
 def law_points(pairs, param_count: str = "n_params_nonembed") -> pl.DataFrame:
@@ -169,18 +185,25 @@ class LawSettings:
     multi: bool = True
     multi_tol: float = 1e-10
     plots: bool = True
+    engine: str = "local"  # "dask": pairs on analysis.engines.dask (see the module docstring); settings in ``dask``
+    dask: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_cli_settings(self.stores, self.order, self.param_count, (), ("auto", "block", "doc"), self.unit)
+        from .engines import check_engine
+
+        check_engine(self.engine)
 
     @classmethod
     def from_cfg(cls, cfg, out_dir) -> LawSettings:
         c = cfg.law
+        a = cfg.get("analysis") or {}
         return cls(stores=Path(str(cfg.stores)), out_dir=Path(out_dir), n_resamples=int(c.n_resamples),
                    seed=int(c.seed), unit=str(c.unit), level=float(c.level), kfold=int(c.kfold),
                    valid_splits=tuple(c.valid_splits), param_count=str(c.param_count), order=str(c.order),
                    rbp_ks=tuple(int(k) for k in c.rbp_ks), mainstay_top=int(c.mainstay_top), multi=bool(c.multi),
-                   multi_tol=float(c.multi_tol), plots=bool(c.plots))
+                   multi_tol=float(c.multi_tol), plots=bool(c.plots), engine=str(a.get("engine", "local")),
+                   dask={k: v for k, v in (a.get("dask") or {}).items()})
 
 
 def _name(s) -> str:
@@ -217,15 +240,24 @@ def _study_pair(pair, names, dataset, split, pairs: dict, cfg) -> dict[str, list
 
     got: dict[str, list] = {k: [] for k in ("points", "bootstrap", "theorems", "mainstay", "rbp_pairs", "similarity")}
     tag = {"primary": names[0], "secondary": names[1], "dataset": dataset, "split": split}
-    valid = None
+    valid_split = None
     if split not in cfg.valid_splits:
-        valid = next((pairs[(names, dataset, vs)] for vs in cfg.valid_splits if (names, dataset, vs) in pairs), None)
+        valid_split = next((vs for vs in cfg.valid_splits if (names, dataset, vs) in pairs), None)
+    valid = pairs[(names, dataset, valid_split)] if valid_split is not None else None
     heldout_w = None
-    if valid is not None:
+    pts = law_points([pair], cfg.param_count)
+    if valid is not None:  # the weights chosen on the validation split, beside the in-sample optima
         h = pair.heldout(valid)
         heldout_w = (h.w_nll, h.w_acc)
+        pts = pts.with_columns(pl.lit(valid_split).alias("heldout_split"),
+                               *(pl.lit(float(x), pl.Float64).alias(c) for c, x in (
+                                   ("heldout_w_nll", h.w_nll), ("heldout_alpha_nll", h.alpha_nll),
+                                   ("heldout_w_acc", h.w_acc), ("heldout_alpha_acc", h.alpha_acc))))
+    if getattr(pair, "engine", "local") == "dask":  # the rest needs every position in memory (NOT_ON_DASK)
+        got["points"].append(pts.with_columns(pl.lit(f"not computed on the dask engine: {RERUN}")
+                                              .alias("bootstrap_note")))
+        return got
     kfold = cfg.kfold if (valid is None and cfg.kfold) else None
-    pts = law_points([pair], cfg.param_count)
     try:  # the units of `choose_units`, as in the sweep CLI: one pair, one interval
         bs = bootstrap(pair, n_resamples=cfg.n_resamples, seed=cfg.seed, by=cfg.unit, level=cfg.level,
                        heldout_w=heldout_w, kfold=kfold)
@@ -247,6 +279,20 @@ def _study_pair(pair, names, dataset, split, pairs: dict, cfg) -> dict[str, list
 def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
     """Every analysis of issue 7 on every stream group under cfg.stores; returns (and writes) the frames."""
 
+    from .sweep import engine_pairs
+
+    pair_cls, client = engine_pairs(cfg)  # the sweep CLI's: Pair in memory, or on Dask with cfg.dask
+    try:
+        return _run(cfg, pair_cls)
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None)  # None for a scheduler at an address: left running
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _run(cfg: LawSettings, pair_cls) -> dict[str, pl.DataFrame]:
     from pipeline.store import StoreError
 
     from .multi import MultiData, multi_summary
@@ -254,6 +300,7 @@ def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
     from .rbp import rbp_scaling, single_rbp
     from .vocab_use import vocab_use
 
+    on_dask = cfg.engine == "dask"
     groups, skipped = _groups(cfg.stores)
     out: dict[str, list] = {k: [] for k in ("points", "bootstrap", "theorems", "mainstay", "rbp_pairs", "rbp",
                                             "vocab", "multi", "similarity")}
@@ -261,7 +308,7 @@ def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
     for members in groups.values():
         ds = members[0].dataset
         tag = {"dataset": ds.get("name"), "split": ds.get("split")}
-        for a, b, pair, error in stream_pairs(members, cfg.order):
+        for a, b, pair, error in stream_pairs(members, cfg.order, pair_cls):
             if error is not None:
                 skipped.append({"store": f"{_name(a)} + {_name(b)}", "reason": str(error)})
                 continue
@@ -277,13 +324,17 @@ def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
             out["vocab"].append(vocab_use(members).with_columns(**{k: pl.lit(v) for k, v in tag.items()}))
         except StoreError as e:
             log.warning("vocabulary use of %s skipped: %s", [_name(s) for s in members], e)
-        if cfg.multi and len({_name(s) for s in members}) >= 3:
+        if cfg.multi and not on_dask and len({_name(s) for s in members}) >= 3:
             try:
                 md = MultiData.load(members, cfg.param_count)
                 out["multi"].append(multi_summary(md, tol=cfg.multi_tol).with_columns(
                     **{k: pl.lit(v) for k, v in tag.items()}))
             except (AnalysisError, StoreError) as e:
                 log.warning("multi-model fusion of %s skipped: %s", [_name(s) for s in members], e)
+    if on_dask:  # every pair of every family and dataset: one task graph, then all the optima together
+        from .engines.dask import prefetch
+
+        prefetch(list(pairs.values()))
     for (names, dataset, split), pair in pairs.items():
         log.info("law: %s on %s/%s", pair, dataset, split)
         try:  # a chunk found damaged while reading skips this pair, not the run
@@ -301,6 +352,10 @@ def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
         params = dict(zip(frames["rbp"]["model"].to_list(), frames["rbp"]["params"].to_list()))
         frames["rbp_scaling"] = rbp_scaling(frames["rbp"], params, by=("dataset", "split", "k"))
     frames["skipped"] = pl.DataFrame(skipped, schema={"store": pl.Utf8, "reason": pl.Utf8})
+    if on_dask:
+        wanted = [k for k in NOT_ON_DASK if k != "multi" or cfg.multi]
+        frames["not_computed"] = pl.DataFrame({"analysis": wanted, "why": [NOT_ON_DASK[k] for k in wanted],
+                                               "note": [f"not computed on the dask engine: {RERUN}"] * len(wanted)})
     _write(cfg, frames)
     return frames
 
@@ -336,6 +391,12 @@ def render(frames: dict, cfg: LawSettings) -> str:
              f"Parameter ratio k from `{cfg.param_count}`; bootstrap: {cfg.n_resamples} resamples of {rule} "
              f"(ci_unit, ci_n_units beside every interval; fewer than {MIN_UNITS} units: not bootstrapped), seed "
              f"{cfg.seed}, {cfg.level:.0%} percentile intervals.", ""]
+    if "not_computed" in frames:
+        parts += ["## Not computed on the dask engine", "",
+                  "The dask engine computed every pair's optima (alpha, D), the fits below and the held-out weights "
+                  "(equal to the in-memory engine's), and streamed the single-model RBP and vocabulary use. These "
+                  f"need every position in memory and were not computed ({RERUN}):", "",
+                  markdown(frames["not_computed"].select("analysis", "why")), ""]
     if "fits" in frames:
         parts += ["## alpha, D ~ c k^p (finite points; 0 / inf excluded and counted; fewer than 3 points: not fitted)",
                   "", markdown(frames["fits"]), ""]

@@ -219,7 +219,8 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
 
 def engine_pairs(cfg: AnalyzeSettings):
     """(the pair class to build, the Dask client or None) for ``cfg.engine``: `Pair` in memory, or on Dask with
-    ``cfg.dask`` (address, cluster, n_workers, threads_per_worker, memory_limit, numba_threads, group)."""
+    ``cfg.dask`` (address, cluster, n_workers, threads_per_worker, memory_limit, numba_threads, group,
+    light_group). The law CLI (`analysis.law`) builds its pairs here too."""
     from functools import partial
 
     from .pair import Pair
@@ -228,6 +229,7 @@ def engine_pairs(cfg: AnalyzeSettings):
         return None, None
     d = dict(cfg.dask)
     group = d.pop("group", None)
+    light_group = d.pop("light_group", None)
     numba_threads = int(d.get("numba_threads", 1) or 1)
     client = None
     if d.get("address") or d.get("cluster") not in (None, "threads"):
@@ -238,7 +240,7 @@ def engine_pairs(cfg: AnalyzeSettings):
                          memory_limit=d.get("memory_limit"), numba_threads=numba_threads)
         log.info("dask engine on %s", client)
     return partial(Pair, engine="dask", client=client, group=group, numba_threads=numba_threads,
-                   workers=d.get("n_workers")), client
+                   workers=d.get("n_workers"), light_group=light_group), client
 
 
 def _task_baseline_row(s, family: str, row: dict, pair: TaskPair) -> dict:

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 BINS = 4096  # bins of w for the ACC optimum's first pass
 TREE_FANIN = 16  # integer partial sums are added in a tree of this fan-in (bounded driver memory)
+LIGHT_FACTOR = 8  # positions per light task: this many heavy chunk groups (analysis.dask.light_group overrides)
 CLUSTERS = ("local", "slurm")
 
 
@@ -303,10 +304,11 @@ def connect(address: str | None = None, cluster: str = "local", n_workers: int |
 class DaskEngine:
     """A pair's analyses as Dask task graphs (see the module docstring). ``client``: a `distributed.Client`, or
     None for Dask's threaded scheduler in this process (``workers`` threads). ``group``: positions per task (a
-    multiple of 4,096; default one chunk). ``numba_threads``: Numba threads per task."""
+    multiple of 4,096; default one chunk). ``light_group``: positions per light task (the NLL solver's waves, which
+    read only the target log-probs; default LIGHT_FACTOR chunk groups). ``numba_threads``: Numba threads per task."""
 
     def __init__(self, primary, secondary, *, client=None, group: int | None = None, workers: int | None = None,
-                 numba_threads: int = 1, bins: int = BINS):
+                 numba_threads: int = 1, bins: int = BINS, light_group: int | None = None):
         import dask  # noqa: F401  (a clear ImportError here if the scale extra is missing)
 
         self.n = pair_length(primary, secondary)
@@ -319,6 +321,10 @@ class DaskEngine:
         self.workers = workers
         self.threads = int(numba_threads)
         self.ranges = chunk_groups(self.n, primary.chunk_size, group)
+        # light tasks hold ~24 B per position (target log-probs, a and b): LIGHT_FACTOR heavy groups each, so a
+        # light wave (one per Newton step) costs fewer task and read overheads at about a heavy task's memory
+        step = self.ranges[0][1] - self.ranges[0][0]
+        self.light_ranges = chunk_groups(self.n, primary.chunk_size, light_group or LIGHT_FACTOR * step)
         self.edges = bin_edges(bins)
         self._stats = None
         self._frames: dict = {}
@@ -342,7 +348,8 @@ class DaskEngine:
         import dask
 
         ra, rb = self._refs()
-        return [dask.delayed(light_task, pure=True)(ra, rb, lo, hi, self.threads, what, w, v) for lo, hi in self.ranges]
+        return [dask.delayed(light_task, pure=True)(ra, rb, lo, hi, self.threads, what, w, v)
+                for lo, hi in self.light_ranges]
 
     def heavy_graph(self, weights):
         """Delayed (nll blocks per task, summed stats) of a heavy pass at the sorted ``weights``."""
@@ -641,15 +648,16 @@ def optima_many(engines: list, max_parallel: int = 8) -> list:
         return list(ex.map(one, engines))
 
 
-def prefetch(pairs, weights) -> None:
-    """Every pair's sweep at ``weights`` (with its ACC bins) as ONE task graph, then all their optima at once; the
-    results are cached in each pair (a pair that fails is left to fail again, and be reported, when used)."""
+def prefetch(pairs, weights=None) -> None:
+    """Every pair's sweep at ``weights`` (None: no sweep, only the per-bin counts the ACC optimum needs) with its
+    ACC bins as ONE task graph, then all their optima at once; the results are cached in each pair (a pair that
+    fails is left to fail again, and be reported, when used)."""
     import dask
 
     engines = [p._engine for p in pairs if getattr(p, "_engine", None) is not None]
     if not engines:
         return
-    w = check_weights(weights)
+    w = check_weights(weights) if weights is not None else np.zeros(0)
     order = np.argsort(w, kind="stable")
     graphs = [e.heavy_graph(w[order]) for e in engines]
     try:
@@ -659,7 +667,8 @@ def prefetch(pairs, weights) -> None:
         for e, g, (nll_parts, stats) in zip(engines, graphs, got):
             e.waves += 1
             nll_s, counts_s = e.finish_heavy(nll_parts, stats, g[2])
-            e._frames[w.tobytes()] = e._frame(w, order, nll_s, counts_s)
+            if w.size:
+                e._frames[w.tobytes()] = e._frame(w, order, nll_s, counts_s)
     except Exception as exc:  # noqa: BLE001 (each pair recomputes alone and reports its own error)
         log.warning("one graph for %d pairs failed (%s); the pairs are analysed one by one", len(engines), exc)
         return
