@@ -53,6 +53,7 @@ def _derivs(data: PairData, w: float, v: float, with_value: bool) -> tuple[float
 
 
 U_MAX = 700.0  # |log beta| beyond this is beta = 0 / inf for every purpose (exp overflows near 709)
+U_MIN_D = math.log(2.0**-1074)  # log of the least positive float64: a domain end below it is D = 0, correctly rounded
 
 
 def _solve(fun, u0: float, lo: float, hi: float, tol: float = 1e-13, max_iter: int = 200) -> float:
@@ -164,11 +165,11 @@ def solve_nll(p: NllProblem, with_domain: bool = True) -> NllOptimum:
         e, g = p.excess(w_, v_)
         return -e, -g * w_ * v_
 
-    if excess(-U_MAX)[0] >= 0.0:  # E <= 0 already at beta = e^-700: the root is below what float64 holds
+    if excess(U_MIN_D)[0] >= 0.0:  # E <= 0 already at w = 2^-1074: the root is below every positive float64
         return NllOptimum(w, alpha, 0.0, 0.0, g1, nll, gain)
-    ud = _solve(excess, u - 1.0, -U_MAX, u)
+    ud = _solve(excess, u - 1.0, U_MIN_D, u)
     wd, _ = _wv(ud)
-    return NllOptimum(w, alpha, wd, math.exp(ud) if ud > -U_MAX else 0.0, g1, nll, gain)
+    return NllOptimum(w, alpha, wd, math.exp(ud) if ud > U_MIN_D else 0.0, g1, nll, gain)
 
 
 # ---------------------------------------------------------------------------------------------- ACC

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis import Pair
+from analysis import Pair, kernels, kernels_optimum
 from analysis.data import MemoryStore, PairData
 from analysis.metrics import nll_sums
 from analysis.optimum import nll_optimum
@@ -234,3 +234,193 @@ def test_optimum_and_domain_match_the_reference_and_beat_every_grid_point(ab):
                 assert ref_excess(a, b, g) > 0, g
     if cond < 1e-8:
         _check_against_reference(a, b, rel=max(1e-8, 1e3 * cond))
+
+
+# ---------------------------------------------------------------------------------------------- extreme magnitudes
+# B far below A (b = 0 or 1e-300 against a = 1), weights at the ends of float64 (2^-1074, 1 - 2^-53), A subnormal
+# against B near 1. The reference bisects in u = log beta (60 digits), so it resolves domain ends of any size; it
+# shares no code with `analysis`.
+TINY = 2.0**-1074
+
+
+def _wv_mp(u):
+    beta = mp.exp(u)
+    return beta / (1 + beta), 1 / (1 + beta)
+
+
+def ref_optimum_log(a, b) -> tuple[mp.mpf, mp.mpf, mp.mpf, mp.mpf, mp.mpf]:
+    """(beta*, D, gain at beta*, cond_star, cond_d) in 60 digits; a > 0, b >= 0 floats (taken exactly), not all
+    equal, L'(1) > 0 > L'(0). cond_*: the error in u a float64 root can have, eps * sum |term| / |d sum / du|."""
+    with mp.workdps(DPS):
+        am, bm = _mp(a), _mp(b)
+        rho = [y / x for x, y in zip(am, bm)]
+
+        def slope(u):  # L'(w) = sum (rho - 1) / (w + v rho)
+            w, v = _wv_mp(u)
+            return mp.fsum((r - 1) / (w + v * r) for r in rho)
+
+        def terms(u):  # -log(x / a) per position
+            w, v = _wv_mp(u)
+            return [-mp.log(w + v * r) for r in rho]
+
+        lo, hi = mp.mpf(-2000), mp.mpf(800)
+        for _ in range(300):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if slope(mid) > 0 else (mid, hi)
+        us = (lo + hi) / 2
+        ws, vs = _wv_mp(us)
+        gain = -mp.fsum(terms(us))
+        h = mp.fsum(((r - 1) / (ws + vs * r)) ** 2 for r in rho) * ws * vs
+        cond_star = EPS * mp.fsum(abs((r - 1) / (ws + vs * r)) for r in rho) / h
+        if all(r > 0 for r in rho) and mp.fsum(-mp.log(r) for r in rho) <= 0:  # E(0) <= 0
+            return mp.exp(us), mp.mpf(0), gain, cond_star, mp.mpf(0)
+        lo, hi = mp.mpf(-2000), us
+        if mp.fsum(terms(lo)) <= 0:
+            return mp.exp(us), mp.mpf(0), gain, cond_star, mp.mpf(0)
+        for _ in range(300):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if mp.fsum(terms(mid)) > 0 else (lo, mid)
+        ud = (lo + hi) / 2
+        wd, vd = _wv_mp(ud)
+        de = abs(mp.fsum((r - 1) / (wd + vd * r) for r in rho)) * wd * vd  # |dE/du| at the root
+        cond_d = EPS * mp.fsum(abs(t) for t in terms(ud)) / de
+        return mp.exp(us), mp.exp(ud), gain, cond_star, cond_d
+
+
+def _close_in_log(got: float, want: mp.mpf, tol_u: float) -> bool:
+    """got and want within tol_u in log (want = 0: got = 0 where want rounds to 0, i.e. is below 2^-1075)."""
+    if want == 0 or want < mp.mpf(2) ** -1075:
+        return got == 0.0
+    if got == 0.0:
+        return False
+    # a subnormal result holds want only to half an ulp of 2^-1074
+    return abs(mp.log(mp.mpf(got)) - mp.log(want)) <= tol_u + (TINY / want if want < 2.0**-1022 else 0)
+
+
+def _check_extreme(a, b, tol_u=1e-9):
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    opt = nll_optimum(_data(a, b))
+    beta, d, gain, cs, cd = ref_optimum_log(a, b)
+    with mp.workdps(DPS):
+        assert _close_in_log(opt.alpha, beta, tol_u + 1e3 * float(cs)), (opt.alpha, beta)
+        assert _close_in_log(opt.d, d, tol_u + 1e3 * float(cd)), (opt.d, d)
+        assert abs(mp.mpf(opt.gain) - gain) <= 1e-12 * abs(gain) + 1e3 * EPS, (opt.gain, gain)
+    return opt, beta, d
+
+
+@pytest.mark.parametrize("b0", [0.0, 1e-300, TINY])
+@pytest.mark.parametrize("k", [1, 2, 10, 25, 31, 33])
+def test_regression_b_far_below_a_gives_the_exact_tiny_domain_end(b0, k):
+    # A sure and right at one position where B gives 0 (or 1e-300, or 2^-1074); B far better at k others: the
+    # domain end is near 1e-10^k. With v = 1 - w rounding to 1 and (b - a)/a to -1, log1p(v (b - a)/a) was -inf:
+    # D was 1.1e-16 for every k >= 2 (1e-20, 1e-100, 1e-250 and 1e-310 exactly), and 1e-10 lost 6 digits at k = 1.
+    # k = 31: D = 1e-310 is subnormal; k = 33: D = 1e-330 rounds to 0.
+    a = np.array([1.0] + [1e-10] * k)
+    b = np.array([b0] + [1.0] * k)
+    opt, beta, d = _check_extreme(a, b)
+    if k == 33 or (b0 == 1e-300 and k == 31):  # E(2^-1074) <= 0 or E(0) <= 0: D rounds to 0
+        assert opt.d == 0.0 == opt.w_domain
+    else:
+        assert 0.0 < opt.d < 1e-9 and abs(opt.w_domain - opt.d / (1.0 + opt.d)) <= 1e-15 * opt.d
+
+
+def test_regression_subnormal_a_against_b_near_one_is_finite():
+    # A's target probability is subnormal (float32 log-prob in [-745, -708]) where B is near 1: (b - a)/a overflows
+    # to inf, and E(w) was -inf: gain inf instead of 744 nats, D = 1.1e-16 instead of 1.9e-310 next to b = 0
+    opt, beta, d = _check_extreme([TINY, 0.5, 0.9], [1.0, 0.4, 0.8])
+    assert opt.d == 0.0 and opt.alpha == 0.0 and 744.0 < opt.gain < 744.2
+    opt, beta, d = _check_extreme([1e-310, 0.9, 1.0], [1.0, 0.9, 0.0])
+    assert 1e-311 < opt.d < 1e-309 and 712.0 < opt.gain < 713.0
+
+
+def _excess_ref(a, b, w, v) -> tuple[mp.mpf, mp.mpf, mp.mpf, mp.mpf]:
+    """(E, sum |terms|, L', sum |terms|) at the given floats w, v (60 digits)."""
+    with mp.workdps(DPS):
+        wm, vm = mp.mpf(w), mp.mpf(v)
+        t = [-mp.log(wm + vm * y / x) for x, y in zip(_mp(a), _mp(b))]
+        q = [(y - x) / (wm * x + vm * y) for x, y in zip(_mp(a), _mp(b))]
+        return mp.fsum(t), mp.fsum(abs(z) for z in t), mp.fsum(q), mp.fsum(abs(z) for z in q)
+
+
+def _kernel_excess(a, b, w, v) -> tuple[float, float]:
+    a = np.ascontiguousarray(a, np.float64)
+    b = np.ascontiguousarray(b, np.float64)
+    out = np.empty(((a.size + kernels.BLOCK - 1) // kernels.BLOCK, 2))
+    kernels_optimum.nll_excess(a, b, w, v, out)
+    e, g = kernels.reduce_blocks(out)
+    return float(e), float(g)
+
+
+def _assert_excess_exact(a, b, w, v):
+    """E and L' of the kernel within a few ulps of every term's size. Near x / a = 1 the kernel takes the weight
+    as 1 - v (log1p), so the mismatch |1 - w - v| of the given pair adds up to twice that per term."""
+    e, g = _kernel_excess(a, b, w, v)
+    e_ref, e_abs, g_ref, g_abs = _excess_ref(a, b, w, v)
+    with mp.workdps(DPS):
+        mismatch = abs(1 - mp.mpf(w) - mp.mpf(v))
+        assert abs(mp.mpf(e) - e_ref) <= 8 * EPS * e_abs + 2 * len(a) * mismatch, (w, v, e, e_ref)
+        if mp.isinf(g_ref):
+            assert g == float(g_ref)
+        else:
+            assert abs(mp.mpf(g) - g_ref) <= 8 * EPS * g_abs, (w, v, g, g_ref)
+
+
+W_EXTREME = [TINY, 1e-300, 1e-20, 2.0**-60, 1e-10, 0.25, 0.5, 1 - 2.0**-30, 1 - 2.0**-53]
+
+
+@pytest.mark.parametrize("w", W_EXTREME)
+@pytest.mark.parametrize("ab", [(1.0, 0.0), (1.0, 1e-300), (1.0, TINY), (1.0, 1e-20), (0.3, 1e-310), (TINY, 1.0),
+                                (1e-310, 1.0), (1e-300, 0.5), (1.0, 1.0 - 2.0**-53), (1 - 2.0**-53, 1.0)])
+def test_regression_excess_terms_at_the_ends_of_float64(ab, w):
+    # one position each: the term itself to a few ulps (it was inf for b << a once v = 1 - w rounds to 1,
+    # and -inf once (b - a)/a overflows), with v = 1 - w as the solver gives it (rounded)
+    _assert_excess_exact([ab[0]], [ab[1]], w, 1.0 - w)
+
+
+@st.composite
+def extreme_positions(draw):
+    n = draw(st.integers(1, 12))
+    mag = st.one_of(st.floats(-1074.0, 0.0), st.sampled_from([-1074.0, -1022.0, -1000.0, -53.0, -1.0, 0.0]))
+    la = np.array(draw(st.lists(mag, min_size=n, max_size=n)))
+    lb = np.array(draw(st.lists(mag, min_size=n, max_size=n)))
+    a = np.maximum(np.exp2(la), TINY)
+    b = np.maximum(np.exp2(lb), TINY)
+    b[np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))] = 0.0
+    a[a == 1.0] = 1.0 - 2.0**-53 * draw(st.integers(0, 3))
+    return a, b
+
+
+weights_extreme = st.one_of(
+    st.floats(-1074.0, -1.0).map(lambda e: max(2.0**e, TINY)),
+    st.floats(-53.0, -1.0).map(lambda e: 1.0 - 2.0**e),
+    st.sampled_from([TINY, 1e-300, 0.5, 1 - 2.0**-53]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(extreme_positions(), weights_extreme)
+def test_excess_matches_the_reference_at_extreme_magnitudes(ab, w):
+    a, b = ab
+    _assert_excess_exact(a, b, w, 1.0 - w)
+
+
+@settings(max_examples=20, deadline=None)
+@given(extreme_positions())
+def test_optimum_matches_the_log_domain_reference_at_extreme_magnitudes(ab):
+    a, b = ab
+    with mp.workdps(DPS):
+        am, bm = _mp(a), _mp(b)
+        s1 = mp.fsum((y - x) / x for x, y in zip(am, bm))  # L'(1)
+        s0 = mp.fsum((y - x) / y if y else -mp.inf for x, y in zip(am, bm))  # L'(0)
+        scale = mp.fsum(abs((y - x) / x) for x, y in zip(am, bm))
+        scale0 = mp.fsum(abs((y - x) / y) for x, y in zip(am, bm) if y)
+    opt = nll_optimum(_data(a, b))
+    if s1 <= 0 or s0 >= 0:  # an end is best: only where the sign is clear at float64 precision
+        if s1 < -1e3 * EPS * scale:
+            assert opt.w == 1.0 and opt.d == math.inf
+        if s1 > 0 and s0 > 1e3 * EPS * scale0:
+            assert opt.w == 0.0 and opt.d == 0.0
+        return
+    if abs(s1) <= 1e3 * EPS * scale or abs(s0) <= 1e3 * EPS * scale0:
+        return  # w* at an end or not, the float64 sums cannot tell
+    _check_extreme(a, b)

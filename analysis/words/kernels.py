@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..kernels import BLOCK
+from ..kernels_optimum import mix_terms
 
 # drop modes of `segment_pass`: which documents lose their first words (their first token was not scored)
 DROP_NONE, DROP_ALL, DROP_FIRST = 0, 1, 2
@@ -180,9 +181,10 @@ def log_gradient(d, w, v, out):
 def log_excess(d, w, v, out):
     """out[blk] = (sum -log(x / pA), sum -r): E(w) = L(w) - L(1) term by term, and L'(w).
 
-    -log(x / pA) = -log1p(v expm1(d)) where x / pA = w + v exp(d) is near 1 (no cancellation when the gain is
-    tiny), -log(w + v exp(d)) where it is below 1/2 (1 + v expm1(d) would cancel: v rounds to 1 for tiny w),
-    -(d + log(v + w exp(-d))) where expm1(d) would overflow; 0 at v = 0. pA > 0 (the caller handles lA = -inf).
+    The terms of the token kernel (`analysis.kernels_optimum.mix_terms`) from rho = exp(d): -log1p(v expm1(d))
+    where x / pA = w + v exp(d) is near 1 (no cancellation when the gain is tiny), -log(w + v exp(d)) where it is
+    below 1/2 (1 + v expm1(d) would cancel: v rounds to 1 for tiny w), -(d + log(v + w exp(-d))) where expm1(d)
+    overflows; 0 at v = 0. pA > 0 (the caller handles lA = -inf).
     """
     n = d.shape[0]
     nblk = (n + BLOCK - 1) // BLOCK
@@ -191,16 +193,11 @@ def log_excess(d, w, v, out):
         g = 0.0
         for s in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
             ds = d[s]
-            if v == 0.0:
-                t = 0.0
-            elif ds <= 0.0:
-                x = w + v * math.exp(ds)  # two positive terms: relative precision whatever their size
-                t = math.log1p(v * math.expm1(ds)) if x > 0.5 else math.log(x)
-            elif ds <= 700.0:
-                t = math.log1p(v * math.expm1(ds))
+            if ds <= 0.0:
+                t, q = mix_terms(w, v, True, math.exp(ds), math.expm1(ds), 0.0, 0.0)
             else:
-                t = ds + math.log(v + w * math.exp(-ds))
+                t, q = mix_terms(w, v, False, math.exp(-ds), math.expm1(ds), -math.expm1(-ds), ds)
             e -= t
-            g -= _ratio(ds, w, v)
+            g += q
         out[blk, 0] = e
         out[blk, 1] = g
