@@ -4,9 +4,10 @@ NLL: L(w) = -sum_s log(w a_s + (1 - w) b_s) is convex in w, with L'(w) = -sum (a
 L''(w) = sum (a - b)^2 / x^2. w* < 1 iff L'(1) = sum b/a - N > 0 and w* > 0 iff L'(0) = N - sum a/b < 0.
 The root of L' is found by safeguarded Newton in u = log beta = log(w / (1 - w)), carrying w and
 v = 1 - w separately so that precision holds as w* -> 1; alpha_nll = exp(u*). The improvement domain
-{w : L(w) <= L(1)} = [w_D, 1] has w_D the root of E(w) = L(w) - L(1) left of w*, found the same way, with E
-summed term by term as -sum log1p((1 - w)(b - a)/a) (`kernels_optimum`): the difference of the two sums would
-cancel when the gain is far below the rounding of L. Identical models (a = b everywhere) make L flat: D = 0.
+{w : L(w) <= L(1)} = [w_D, 1] has w_D the root of E(w) = L(w) - L(1) left of w*, found the same way down to
+w = 2^-1074 (D = 0 below it), with E summed term by term as -sum log(x / a), each term to its own relative
+precision (`kernels_optimum`): the difference of the two sums would cancel when the gain is far below the
+rounding of L. Identical models (a = b everywhere) make L flat: D = 0.
 
 ACC: position s is certified right on the open interval (L1_s, U1_s) of w (and, exactly, at w = 0 / 1
 when B / A alone is right). acc_lo(w) is a step function; sorting all interval ends and sweeping gives
