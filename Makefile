@@ -68,8 +68,9 @@ demo-quick: setup  ## the same pipeline on less text and shorter training, under
 notebooks: setup  ## run the notebooks headless on the demo stores (or STORES=DIR) -> <stores>/_runs/notebooks/
 	$(PY) -m analysis.notebooks --stores $(or $(STORES),$(DEMO))
 
-test: setup  ## the fast test suite (what CI runs)
-	$(PY) -m pytest -q
+TEST_WORKERS ?= 2
+test: setup  ## the fast test suite (what CI runs), in TEST_WORKERS processes (one test file each at a time)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: setup  ## the slow tests only
 	$(PY) -m pytest -q -m slow
