@@ -279,17 +279,10 @@ def _study_pair(pair, names, dataset, split, pairs: dict, cfg) -> dict[str, list
 def run(cfg: LawSettings) -> dict[str, pl.DataFrame]:
     """Every analysis of issue 7 on every stream group under cfg.stores; returns (and writes) the frames."""
 
-    from .sweep import engine_pairs
+    from .sweep import engine
 
-    pair_cls, client = engine_pairs(cfg)  # the sweep CLI's: Pair in memory, or on Dask with cfg.dask
-    try:
+    with engine(cfg) as pair_cls:  # the sweep CLI's: Pair in memory, or on Dask with cfg.dask
         return _run(cfg, pair_cls)
-    finally:
-        if client is not None:
-            cluster = getattr(client, "cluster", None)  # None for a scheduler at an address: left running
-            client.close()
-            if cluster is not None:
-                cluster.close()
 
 
 def _run(cfg: LawSettings, pair_cls) -> dict[str, pl.DataFrame]:

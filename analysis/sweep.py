@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +139,11 @@ def _baseline_row(s, family: str, pair_row: dict) -> dict:
 
 
 def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
+    with engine(cfg) as pair_cls:
+        return _run(cfg, pair_cls)
+
+
+def _run(cfg: AnalyzeSettings, pair_cls) -> dict[str, pl.DataFrame]:
     found = discover(cfg.stores)
     labels = family_labels(found.stores)
     _family = lambda s: labels[_vocab(s)]  # noqa: E731
@@ -148,7 +154,6 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
     weights = np.union1d(np.linspace(0.0, 1.0, cfg.n_weights), log_beta_grid(141, 1e-3, 1e4))
     baselines, pairs, sweeps, task_sweeps = {}, {}, [], []
     ordered = sorted(groups.items(), key=lambda kv: (kv[1][0].dataset.get("name"), kv[1][0].dataset.get("split")))
-    pair_cls, client = engine_pairs(cfg)
     built = {h: list(stream_pairs(members, cfg.order, pair_cls)) for h, members in ordered
              if not any(is_task_store(s) for s in members)}
     if cfg.engine == "dask":  # every pair of every dataset: one task graph
@@ -215,6 +220,21 @@ def run(cfg: AnalyzeSettings) -> dict[str, pl.DataFrame]:
             row.update(sweep_columns(entry["pair"], heldout_w=hw, n_resamples=cfg.n_resamples, seed=cfg.seed,
                                      by=cfg.bootstrap_unit, kfold=cfg.kfold))
     return _write(cfg, baselines, pairs, sweeps, found, task_sweeps)
+
+
+@contextmanager
+def engine(cfg):
+    """The pair class of ``cfg.engine`` (see `engine_pairs`) for the length of a run; a Dask cluster this run
+    started is closed at the end (a scheduler given by address is left running)."""
+    pair_cls, client = engine_pairs(cfg)
+    try:
+        yield pair_cls
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def engine_pairs(cfg: AnalyzeSettings):

@@ -212,3 +212,34 @@ def test_local_cluster_two_processes(pairs):
     finally:
         client.close()
         client.cluster.close()
+
+
+@pytest.mark.parametrize("address", [None, "tcp://scheduler:8786"])
+def test_cli_engine_closes_the_cluster_it_started(tmp_path, monkeypatch, address):
+    """The sweep and law CLIs share `analysis.sweep.engine`: a cluster the run started is closed when the run
+    ends, also when it raises; a scheduler given by address is the user's and is left running."""
+    import analysis.engines.dask as dask_engine
+    from analysis.sweep import AnalyzeSettings, engine
+
+    closed = []
+
+    class Cluster:
+        def close(self):
+            closed.append("cluster")
+
+    class Client:
+        def __init__(self, cluster):
+            self.cluster = cluster
+
+        def close(self):
+            closed.append("client")
+
+    monkeypatch.setattr(dask_engine, "connect",
+                        lambda address=None, **kw: Client(None if address else Cluster()))
+    cfg = AnalyzeSettings(stores=tmp_path, out_dir=tmp_path, engine="dask",
+                          dask={"cluster": "local", "address": address, "n_workers": 2})
+    with pytest.raises(RuntimeError, match="boom"):
+        with engine(cfg) as pair_cls:
+            assert pair_cls.keywords["engine"] == "dask" and isinstance(pair_cls.keywords["client"], Client)
+            raise RuntimeError("boom")
+    assert closed == (["client"] if address else ["client", "cluster"])
