@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -49,9 +48,10 @@ from .errors import (
 from .head import score_logits_chunked
 from .models import (
     _looks_local,
+    config_json_on_disk,
     count_params,
     model_fingerprint,
-    package_dir,
+    model_source,
     resolve_device,
     resolve_dtype,
     vocab_hash,
@@ -107,30 +107,6 @@ def token_capacity(config: dict, override: int | None) -> int | None:
     return n
 
 
-def _source(spec: ModelSpec) -> str:
-    return str(package_dir(spec.name_or_path)) if spec.name_or_path.startswith("package:") else spec.name_or_path
-
-
-def _config_json(spec: ModelSpec) -> dict | None:
-    """The model's config.json when it is on disk (a local directory or the hub cache), without loading it."""
-    src = _source(spec)
-    local = Path(src).expanduser()
-    file = local / "config.json" if local.is_dir() else None
-    if file is None and not _looks_local(src):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(src, "config.json", revision=spec.revision)
-            file = Path(found) if isinstance(found, str) else None
-        except Exception:  # noqa: BLE001  only a shortcut: the values are read again after loading
-            file = None
-    try:
-        cfg = json.loads(file.read_text()) if file is not None else None
-    except (OSError, ValueError):
-        return None
-    return cfg if isinstance(cfg, dict) else None
-
-
 def load_masked_model(spec: ModelSpec) -> MaskedModel:
     """A Hugging Face masked LM (hub id or save_pretrained directory) and its tokenizer."""
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
@@ -140,7 +116,7 @@ def load_masked_model(spec: ModelSpec) -> MaskedModel:
                           "models load in float32 / bfloat16 / float16 (model.dtype)")
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    src = _source(spec)
+    src = model_source(spec.name_or_path)
     local = Path(src).expanduser()
     if _looks_local(src) and not local.exists():
         raise ModelNotFoundError(f"model.name_or_path={spec.name_or_path!r}: no such directory; give a directory "
@@ -369,7 +345,7 @@ def early_masked_store(spec: RunSpec, masking: Masking) -> Path | None:
     """The store path before the model loads (store=, or from config.json); None when that is not on disk."""
     if spec.store:
         return Path(spec.store)
-    cfg = _config_json(spec.model)
+    cfg = config_json_on_disk(spec.model.name_or_path, spec.model.revision)
     if cfg is None or not isinstance(cfg.get("vocab_size"), int):
         return None
     L = resolve_length(spec, token_capacity(cfg, spec.model.max_length))

@@ -88,6 +88,33 @@ def _looks_local(s: str) -> bool:
     return s.startswith(("/", ".", "~")) or s.count("/") > 1 or os.sep != "/" and os.sep in s
 
 
+def model_source(name_or_path: str) -> str:
+    """What `from_pretrained` is given: a hub id or a path ('package:<module>' resolved to its directory)."""
+    return str(package_dir(name_or_path)) if name_or_path.startswith("package:") else name_or_path
+
+
+def config_json_on_disk(name_or_path: str, revision: str | None) -> dict | None:
+    """The model's config.json when it is on disk (a local directory, or a hub download in the local cache),
+    read without loading the model; None when it is not. Only a shortcut (store paths before the model
+    loads): every value is read again from the loaded model."""
+    src = model_source(name_or_path)
+    local = Path(src).expanduser()
+    file = local / "config.json" if local.is_dir() else None
+    if file is None and not _looks_local(src):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(src, "config.json", revision=revision)
+            file = Path(found) if isinstance(found, str) else None
+        except Exception:  # noqa: BLE001  a shortcut only
+            file = None
+    try:
+        cfg = json.loads(file.read_text()) if file is not None else None
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -11,7 +11,6 @@ and its `metrics` are the task's (pipeline.store.tasks.task_metrics), the token-
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -48,7 +47,7 @@ from .errors import (
     ModelNotFoundError,
 )
 from .head import head_chunk_size, score_hidden, score_logits_chunked
-from .models import LoadedModel, load_model, package_dir, resolve_device, resolve_dtype
+from .models import LoadedModel, config_json_on_disk, load_model, model_source, resolve_device, resolve_dtype
 from .models import _looks_local as looks_local
 from .models import _max_length as max_length_of
 from .placement import on_own_gpu
@@ -209,7 +208,7 @@ def _metrics(tlp: np.ndarray, correct: np.ndarray, n_chars: np.ndarray, n_bytes:
 def preflight(spec: RunSpec) -> None:
     """Settings checked before anything slow loads: the model's source, the dataset's path."""
     m = spec.model
-    src = str(package_dir(m.name_or_path)) if m.name_or_path.startswith("package:") else m.name_or_path
+    src = model_source(m.name_or_path)
     local = Path(src).expanduser()
     if m.gguf_file:
         if not (local / m.gguf_file).is_file():
@@ -233,21 +232,7 @@ def _peek_model(spec: RunSpec) -> tuple[int | None, int] | None:
     m = spec.model
     if m.gguf_file:
         return None
-    src = str(package_dir(m.name_or_path)) if m.name_or_path.startswith("package:") else m.name_or_path
-    local = Path(src).expanduser()
-    file = local / "config.json" if local.is_dir() else None
-    if file is None and not looks_local(src):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(src, "config.json", revision=m.revision)
-            file = Path(found) if isinstance(found, str) else None
-        except Exception:  # noqa: BLE001  only a shortcut: the path is computed again after loading
-            file = None
-    try:
-        cfg = json.loads(file.read_text()) if file is not None else None
-    except (OSError, ValueError):
-        cfg = None
+    cfg = config_json_on_disk(m.name_or_path, m.revision)
     if not isinstance(cfg, dict) or not isinstance(cfg.get("vocab_size"), int):
         return None
     return max_length_of(SimpleNamespace(**cfg), m.max_length), cfg["vocab_size"]
