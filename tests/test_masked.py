@@ -221,6 +221,21 @@ def test_csv_with_a_sequence_column_gives_the_fasta_stream(setup, tmp_path):
         run(setup["a"], csv, tmp_path / "x.zarr", "dataset.loader=sequence_csv", "dataset.text_field=seq")
 
 
+def test_a_pinned_sequence_sha256_is_enforced(setup, tmp_path):
+    """A config that pins the split's sha256 (as the hub datasets' configs do once their value is known) accepts the
+    file that gives it and refuses any other, before the model runs; unpinned runs record the value."""
+    from pipeline.extraction.errors import DatasetChecksumError
+
+    s = run(setup["a"], setup["fasta"], tmp_path / "p.zarr")
+    digest = s.dataset["text_sha256"]
+    assert len(digest) == 64
+    run(setup["a"], setup["fasta"], tmp_path / "ok.zarr", f"+dataset.text_sha256.all={digest}")
+    other = write_fasta(tmp_path / "other.fasta", _records()[:-1])
+    with pytest.raises(DatasetChecksumError, match="sha256"):
+        run(setup["a"], other, tmp_path / "bad.zarr", f"+dataset.text_sha256.all={digest}")
+    assert not (tmp_path / "bad.zarr").exists() or not any((tmp_path / "bad.zarr").iterdir())
+
+
 def test_out_of_alphabet_as_unk_truncation_and_loss_cap(setup, tmp_path):
     s = run(setup["a"], setup["fasta"], tmp_path / "u.zarr", "dataset.masking.unknown=unk",
             "dataset.masking.long_sequences=truncate", "extract.loss_cap=0.5")
