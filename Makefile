@@ -65,7 +65,7 @@ demo: setup  ## the whole pipeline on the embedded default: train, extract, swee
 	@echo "  notebooks             make notebooks  (executed copies in $(DEMO)/_runs/notebooks/)"
 
 demo-quick: setup  ## the same pipeline on less text and shorter training, under stores/demo-quick (a first look)
-	$(MAKE) demo DEMO=stores/demo-quick DEMO_DOCS=80 DEMO_TRAIN_ARGS=train.max_train_tokens=100000
+	$(MAKE) demo DEMO=stores/demo-quick DEMO_DOCS=80 DEMO_TRAIN_ARGS=train.max_train_tokens=60000
 
 notebooks: setup  ## run the notebooks headless on the demo stores (or STORES=DIR) -> <stores>/_runs/notebooks/
 	$(PY) -m analysis.notebooks --stores $(or $(STORES),$(DEMO))
