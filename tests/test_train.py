@@ -129,3 +129,32 @@ def test_train_cli(tmp_path, text_dataset):
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "config.json").exists() and json.loads((out / MARKER).read_text())["arch"] == "gru"
+
+
+def test_a_trained_model_is_reused_only_for_the_settings_it_was_trained_with(tmp_path, text_dataset):
+    """Rerunning a training command reuses the model; the same command with another setting that changes what
+    is learnt is a one-line TrainConfigError naming the setting (never a stale model); settings of where it runs
+    (device) do not count; overwrite=true retrains."""
+    out = tmp_path / "m"
+
+    def cli(*extra):
+        cmd = [sys.executable, "-m", "pipeline.train", "train=lstm", "train.embed_size=8", "train.hidden_size=16",
+               "train.epochs=1", "train.batch_size=4", "train.vocab_min_freq=1", "dataset=text_file",
+               f"dataset.path={text_dataset.path}", "dataset.split=train", f"out={out}", "progress=false",
+               f"hydra.run.dir={tmp_path / 'run'}", *extra]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+    assert cli().returncode == 0
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    r = cli()
+    assert r.returncode == 0 and "reusing it" in r.stdout + r.stderr
+    r = cli("train.device=cpu")
+    assert r.returncode == 0 and (out / "model.safetensors").stat().st_mtime_ns == stamp
+    r = cli("train.lr=0.01")
+    assert r.returncode == 1 and (out / "model.safetensors").stat().st_mtime_ns == stamp
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("TrainConfigError: ") and "train.lr: 0.001 there, 0.01 now" in lines[-1]
+    assert "overwrite=true" in lines[-1]
+    r = cli("train.lr=0.01", "overwrite=true")
+    assert r.returncode == 0 and (out / "model.safetensors").stat().st_mtime_ns != stamp
+    assert json.loads((out / MARKER).read_text())["config"]["train"]["lr"] == 0.01

@@ -32,11 +32,10 @@ from ..extraction.config import DatasetSpec
 from ..extraction.image_data import ImageData, Preprocessing, load_image_data
 from ..extraction.images import TORCHVISION_ARCHS, TV_CONFIG_KEY, TV_PREFIX, torch_transform
 from ..extraction.models import resolve_device
-from .config import TrainConfigError
+from .config import MARKER, TrainConfigError, reuse_trained
 from .image_config import ImageTrainSpec
 
 log = logging.getLogger(__name__)
-MARKER = "training.json"
 _PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
 
 
@@ -125,8 +124,7 @@ def train_image_classifier(spec: ImageTrainSpec, dataset_spec: DatasetSpec, out:
                            resolved: dict | None = None, progress: bool = True) -> Path:
     """Train and save to ``out``; an already trained model there is reused unless ``overwrite``."""
     out = Path(out)
-    if (out / MARKER).exists() and not overwrite:
-        log.info("%s is already trained (%s); reusing it (overwrite=true retrains)", spec.name, out)
+    if reuse_trained(out, spec.name, resolved, overwrite):
         return out
     from .run import seed_everything
 

@@ -31,10 +31,9 @@ from ..extraction.config import DatasetSpec
 from ..extraction.errors import EmptyDatasetError
 from ..extraction.models import count_params, resolve_device
 from ..extraction.sequences import ESM_ALPHABET, Masking, encode, load_sequences
-from .config import TrainSpec
+from .config import MARKER, TrainSpec, reuse_trained
 
 log = logging.getLogger(__name__)
-MARKER = "training.json"
 AMINO_ACIDS = "LAGVSERTIDPKQNFYMHWC"   # the 20 standard residues (random replacements are drawn from them)
 
 
@@ -92,8 +91,7 @@ def train_masked(spec: TrainSpec, dataset_spec: DatasetSpec, out: Path, overwrit
     from transformers import EsmForMaskedLM
 
     out = Path(out)
-    if (out / MARKER).exists() and not overwrite:
-        log.info("%s is already trained (%s); reusing it (overwrite=true retrains)", spec.name, out)
+    if reuse_trained(out, spec.name, resolved, overwrite):
         return out
     torch.manual_seed(spec.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)

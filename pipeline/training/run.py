@@ -16,12 +16,11 @@ import torch
 from ..extraction.datasets import load_documents
 from ..extraction.models import count_params, package_dir, resolve_device
 from . import models as custom
-from .config import TrainSpec
+from .config import MARKER, TrainSpec, reuse_trained
 from .loop import train_blocks, train_stream
 from .wordlevel import build_word_tokenizer
 
 log = logging.getLogger(__name__)
-MARKER = "training.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -112,8 +111,7 @@ def train(spec: TrainSpec, dataset_spec, out: Path, overwrite: bool = False, res
 
         return train_masked(spec, dataset_spec, out, overwrite=overwrite, resolved=resolved, progress=progress)
     out = Path(out)
-    if (out / MARKER).exists() and not overwrite:
-        log.info("%s is already trained (%s); reusing it (overwrite=true retrains)", spec.name, out)
+    if reuse_trained(out, spec.name, resolved, overwrite):
         return out
     seed_everything(spec.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
