@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 
 import polars as pl
 
@@ -59,8 +60,9 @@ def add_word_pairs(stores, cfg, weights, pairs: dict, found) -> list[pl.DataFram
                 wp = WordPair(a, b, order=cfg.order)
                 opt = wp.optimum()
             except Exception as e:  # noqa: BLE001 (a refusal or a damaged store: the reason goes to the table)
-                if not same_tok:
-                    _skip(found, a, b, ds, split, f"word level: {e}")
+                if not same_tok:  # the table's rows name the models: their store paths would only repeat them
+                    why = str(e).replace(f"{a.path}: ", "").replace(f"{b.path}: ", "")
+                    _skip(found, a, b, ds, split, f"word level: {why}")
                 else:
                     log.info("no word-level row for %s + %s: %s", _name(a), _name(b), e)
                 continue
@@ -92,12 +94,20 @@ def add_word_pairs(stores, cfg, weights, pairs: dict, found) -> list[pl.DataFram
     return sweeps
 
 
+_VOCAB_HASHES = re.compile(r"different tokenizer\.vocab_hash: '([0-9a-f]{8})[0-9a-f]*' vs '([0-9a-f]{8})[0-9a-f]*' "
+                           r"\(different tokenizer\)")
+
+
+def _short_hashes(m: re.Match) -> str:
+    return f"different tokenizers (vocab_hash {m.group(1)} vs {m.group(2)})"
+
+
 def _skip(found, a, b, ds, split, reason: str) -> None:
     """Say why a pair across tokenizers has no word-level row: on its 'different tokenizer' skip, else a new one."""
     key = frozenset((_name(a), _name(b), str(ds), str(split)))
     for r in found.skipped:
         if frozenset((r["a"], r["b"], str(r["dataset"]), str(r["split"]))) == key:
-            r["reason"] = f"{r['reason']}; {reason}"
+            r["reason"] = f"{_VOCAB_HASHES.sub(_short_hashes, r['reason'])}; {reason}"
             return
     found.skipped.append({"a": _name(a), "b": _name(b), "dataset": ds, "split": split, "reason": reason})
 
