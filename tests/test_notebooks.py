@@ -26,6 +26,13 @@ def stores(tmp_path_factory):
             write_store_from_logprobs(root / "toy" / split / f"{name}.zarr", lp, targets, 16, model=name,
                                       n_params=params, split=split, dataset="toy", doc_id=doc,
                                       tables={"vocab": vocab})
+        # A larger family of image classifiers beside them, as in the demo (no text: no n_chars, no BPC), on a
+        # dataset sorted first: the notebooks must pick what they can show, not the first or largest group.
+        labels, clf = random_distributions(300, 10, rng, n_models=4, noise=(0.5, 0.8, 1.2, 1.8))
+        for name, params, lp in zip(("r4", "r3", "r2", "r1"), (4000, 3000, 2000, 1000), clf):
+            write_store_from_logprobs(root / "digits" / split / f"{name}.zarr", lp, labels, 10, "float32",
+                                      model=name, n_params=params, split=split, dataset="digits",
+                                      doc_id=np.arange(300), kind="classification", tokenizer="digits-labels")
     return root
 
 
