@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,9 +162,11 @@ def plot_ar_law(points: pl.DataFrame, fits: pl.DataFrame, metric: str = "alpha_n
     ax.set_title(f"AR law: {title} against k")
     if handles:  # below the axes: never over a point
         nf = ", ".join(dict.fromkeys(not_fitted))
+        # wrapped to about the legend's width, so that a long list of primaries never squeezes the axes
+        note = "\n".join(textwrap.wrap(f"no fit for {nf} (fewer than {MIN_FIT_POINTS} finite points)", 70,
+                                       break_on_hyphens=False, break_long_words=False))
         ax.legend(handles=handles, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
-                  title=f"no fit for {nf} (fewer than {MIN_FIT_POINTS} finite points)" if nf else None,
-                  title_fontsize="small", frameon=False)
+                  title=note if nf else None, title_fontsize="small", frameon=False)
     return ax
 
 

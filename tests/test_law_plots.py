@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -90,4 +92,26 @@ def test_interval_plot_names_pair_split_scope_and_units():
     assert _texts(ax.get_yticklabels()) == ["A + B, wiki/test, in-sample, 300 docs",
                                            "A + B, wiki/valid, in-sample, 120 docs"]
     assert ax.get_title() == "dppl: estimate and 95% bootstrap interval"
+    plt.close(fig)
+
+
+def test_ar_law_plot_keeps_its_axes_wide_when_many_primaries_are_not_fitted():
+    """Regression (the demo with image and protein families): one line naming every primary without a fit, in the
+    legend's title, squeezed the two panels of ar_law.png to slivers with overlapping tick labels."""
+    from analysis.law import ar_law, plot_ar_law
+
+    names = [f"a-rather-long-model-name-{i}" for i in range(8)]
+    pts = pl.DataFrame([{"primary": n, "k": k, "alpha_nll": 10.0 * k, "dataset": "d", "split": "test",
+                         "k_from": "n_params_nonembed"} for n in names for k in (2.0, 50.0)])
+    fits = ar_law(pts, metrics=("alpha_nll",))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
+    for ax in axes:
+        plot_ar_law(pts, fits, "alpha_nll", ax=ax)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when the constrained layout cannot make room
+        fig.canvas.draw()
+    for ax in axes:
+        assert ax.get_position().width > 0.3  # each panel keeps most of its half of the figure
+        title = ax.get_legend().get_title().get_text()
+        assert all(n in title for n in names) and max(len(line) for line in title.splitlines()) <= 70
     plt.close(fig)
