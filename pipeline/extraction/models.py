@@ -279,9 +279,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    src, extra = spec.name_or_path, {}
-    if src.startswith("package:"):
-        src = str(package_dir(src))
+    src, extra = model_source(spec.name_or_path), {}
     if spec.gguf_file:
         cache = Path(spec.cache_dir or Path("stores") / "_models" / spec.name)
         path, extra = dequantised_gguf(Path(src), spec.gguf_file, cache)

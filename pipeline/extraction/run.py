@@ -233,7 +233,7 @@ def _peek_model(spec: RunSpec) -> tuple[int | None, int] | None:
     if m.gguf_file:
         return None
     cfg = config_json_on_disk(m.name_or_path, m.revision)
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("vocab_size"), int):
+    if cfg is None or not isinstance(cfg.get("vocab_size"), int):
         return None
     return max_length_of(SimpleNamespace(**cfg), m.max_length), cfg["vocab_size"]
 

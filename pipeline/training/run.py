@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..extraction.datasets import load_documents
-from ..extraction.models import count_params, package_dir, resolve_device
+from ..extraction.models import count_params, model_source, resolve_device
 from . import models as custom
 from .config import MARKER, TrainSpec, reuse_trained
 from .loop import train_blocks, train_stream
@@ -59,7 +59,7 @@ def load_tokenizer(spec: TrainSpec):
     a directory / package holding a GPT-2 BPE as vocab.json + merges.txt (or encoder.json + vocab.bpe)."""
     from transformers import AutoTokenizer
 
-    src = str(package_dir(spec.tokenizer)) if spec.tokenizer.startswith("package:") else spec.tokenizer
+    src = model_source(spec.tokenizer)
     kwargs = {"gguf_file": spec.tokenizer_gguf_file} if spec.tokenizer_gguf_file else {}
     files = gpt2_bpe_files(Path(src).expanduser()) if not kwargs and Path(src).expanduser().is_dir() else None
     if files is not None:
