@@ -10,7 +10,7 @@ points: se(p) = sqrt(SSR / (n - 2) / Sxx), Sxx = sum (log k - mean log k)^2; R^2
 
 CLI: ``python -m analysis.law stores=DIR`` writes law points and fits, bootstrap intervals, RBP, theorem
 checks, vocabulary use and multi-model fusion to the Hydra run directory (see `conf/law.yaml`).
-``analysis.engine=dask`` builds the pairs on the Dask engine (`analysis.sweep.engine_pairs`, as the sweep CLI):
+``analysis.engine=dask`` builds the pairs on the Dask engine (`analysis.sweep.engine`, as the sweep CLI):
 every pair of every family and dataset goes into one task graph, and the points, fits and held-out weights equal
 the in-memory engine's bit for bit. What needs a pair's every position in memory (bootstrap intervals, theorem
 checks, the mainstay deviation, the fusion's RBP, the similarity variant, multi-model fusion) is not computed

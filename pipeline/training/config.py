@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ARCHS = ("lstm", "gru", "transformer", "simple_transformer", "esm")  # esm: a masked protein LM (training/masked.py)
 
@@ -64,19 +69,28 @@ def train_spec_from_dict(d: dict) -> TrainSpec:
     return TrainSpec(**d)
 
 
+
 MARKER = "training.json"  # written last into a trained model's directory: its settings, losses, provenance
 # Settings that change where or how fast a model trains, not what it learns.
 _RUNTIME_KEYS = frozenset({"device", "num_threads"})
+
+
+def _setting_changes(before: dict, now: dict) -> list[str]:
+    """'section.key: old there, new now' for every train/dataset setting that differs (runtime keys aside)."""
+    changes = []
+    for section in ("train", "dataset"):
+        old, new = before.get(section) or {}, now.get(section) or {}
+        for k in sorted((set(old) | set(new)) - _RUNTIME_KEYS):
+            if json.dumps(old.get(k), sort_keys=True, default=str) != json.dumps(new.get(k), sort_keys=True,
+                                                                                   default=str):
+                changes.append(f"{section}.{k}: {old.get(k)!r} there, {new.get(k)!r} now")
+    return changes
 
 
 def reuse_trained(out, name: str, resolved: dict | None, overwrite: bool) -> bool:
     """Whether ``out`` already holds ``name`` trained with these settings (then it is reused). False when there
     is nothing to reuse or ``overwrite`` retrains; a `TrainConfigError` when it was trained with other settings
     (a model is never silently reused for settings it was not trained with)."""
-    import json
-    import logging
-    from pathlib import Path
-
     marker = Path(out) / MARKER
     if overwrite or not marker.exists():
         return False
@@ -85,17 +99,10 @@ def reuse_trained(out, name: str, resolved: dict | None, overwrite: bool) -> boo
     except (OSError, ValueError) as e:
         raise TrainConfigError(f"{marker} is unreadable ({type(e).__name__}); pass overwrite=true to retrain "
                                f"{name} into {out}") from e
-    if resolved and before:  # models trained before settings were recorded are reused as they are
-        diff = [f"{section}.{k}: {b!r} there, {a!r} now"
-                for section in ("train", "dataset")
-                for k in sorted(set(before.get(section) or {}) | set(resolved.get(section) or {}))
-                if k not in _RUNTIME_KEYS
-                for b, a in [((before.get(section) or {}).get(k), (resolved.get(section) or {}).get(k))]
-                if json.dumps(b, sort_keys=True, default=str) != json.dumps(a, sort_keys=True, default=str)]
-        if diff:
-            raise TrainConfigError(f"{out} holds {name} trained with other settings ({'; '.join(diff[:3])}"
-                                   f"{f'; and {len(diff) - 3} more' if len(diff) > 3 else ''}): pass overwrite=true "
-                                   "to retrain it there, or out=DIR for a new directory")
-    logging.getLogger(__name__).info("%s is already trained with these settings (%s); reusing it "
-                                     "(overwrite=true retrains)", name, out)
+    changes = _setting_changes(before, resolved) if resolved and before else []  # unrecorded: reused as it is
+    if changes:
+        more = f"; and {len(changes) - 3} more" if len(changes) > 3 else ""
+        raise TrainConfigError(f"{out} holds {name} trained with other settings ({'; '.join(changes[:3])}{more}): "
+                               "pass overwrite=true to retrain it there, or out=DIR for a new directory")
+    log.info("%s is already trained with these settings (%s); reusing it (overwrite=true retrains)", name, out)
     return True
